@@ -1,0 +1,741 @@
+//! The registry service: the operations of the OCI Distribution Spec on top
+//! of the two storage traits, with the rules that keep them consistent
+//! (digest verification before visibility, reference checks on manifest
+//! push, serialisation of uploads and of commits against GC).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::locks::KeyedLocks;
+use crate::manifest::{self, ManifestError};
+use crate::names::{Reference, RepoName, Tag};
+use crate::storage::{
+    BlobStore, ByteStream, MetadataStore, Millis, NewManifest, PutManifestOutcome, Referrer,
+    StorageError, StoredManifest, UploadRecord, WriteInterruption, now_millis,
+};
+
+/// Tunables of the registry service.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Largest blob accepted, in bytes.
+    pub max_blob_size: u64,
+    /// Content younger than this is never collected, so that a push in
+    /// progress (blobs uploaded, manifest not yet) is safe from GC.
+    pub gc_grace: Duration,
+    /// Upload sessions idle for longer are abandoned and reclaimed.
+    pub upload_ttl: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            max_blob_size: 64 << 30,
+            gc_grace: Duration::from_secs(3600),
+            upload_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Failures of registry operations, one variant per distinct answer a client
+/// gets; the HTTP edge maps each to its OCI error code.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("blob upload unknown to registry")]
+    UploadUnknown,
+    #[error("blob upload invalid: {0}")]
+    UploadInvalid(String),
+    #[error("provided digest {expected} does not match the uploaded content ({actual})")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("manifest references blob {0}, which is not in the repository")]
+    ManifestBlobUnknown(Digest),
+    #[error("index references manifest {0}, which is not in the repository")]
+    ManifestChildUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(#[from] ManifestError),
+    #[error("manifest unknown to registry")]
+    ManifestUnknown,
+    #[error("manifest found, but its media type {0} is not in the Accept header")]
+    ManifestNotAcceptable(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    /// The requested range does not fit: for uploads `size` is the current
+    /// offset, for blob reads the blob size.
+    #[error("requested range not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("blob is larger than the registry accepts ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// State of an upload session, as the client sees it.
+#[derive(Debug, Clone)]
+pub struct UploadState {
+    pub id: String,
+    /// Bytes received and acknowledged so far.
+    pub size: u64,
+}
+
+/// A byte range of a blob GET, as the client asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=a-b`, inclusive.
+    FromTo(u64, u64),
+    /// `bytes=a-`
+    From(u64),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The `[start, end)` this range selects in a blob of `size` bytes.
+    pub fn resolve(self, size: u64) -> Result<(u64, u64)> {
+        let unsatisfiable = Err(RegistryError::RangeNotSatisfiable { size });
+        match self {
+            ByteRange::FromTo(a, b) if a <= b && a < size => Ok((a, (b + 1).min(size))),
+            ByteRange::From(a) if a < size => Ok((a, size)),
+            ByteRange::Suffix(n) if n > 0 && size > 0 => Ok((size - n.min(size), size)),
+            _ => unsatisfiable,
+        }
+    }
+}
+
+/// An open blob read.
+pub struct BlobRead {
+    pub size: u64,
+    /// `[start, end)` served.
+    pub start: u64,
+    pub end: u64,
+    pub partial: bool,
+    pub body: ByteStream,
+}
+
+impl std::fmt::Debug for BlobRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobRead")
+            .field("size", &self.size)
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+/// Outcome of a manifest push.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+    pub tags: Vec<Tag>,
+}
+
+/// What one garbage collection pass reclaimed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    pub manifests: u64,
+    pub links: u64,
+    pub repositories: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+    pub uploads: u64,
+    /// Blob files without metadata (left by a crash between commit steps).
+    pub orphans: u64,
+}
+
+/// The registry service. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    blobs: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetadataStore>,
+    config: RegistryConfig,
+    /// Serialises requests on one upload session.
+    uploads: KeyedLocks,
+    /// Serialises blob commits against GC deletion of the same digest.
+    digests: KeyedLocks,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    d.as_millis().min(i64::MAX as u128) as Millis
+}
+
+impl Registry {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetadataStore>,
+        config: RegistryConfig,
+    ) -> Self {
+        Registry {
+            inner: Arc::new(Inner {
+                blobs,
+                meta,
+                config,
+                uploads: KeyedLocks::default(),
+                digests: KeyedLocks::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    // --- blobs -------------------------------------------------------------
+
+    /// Size of a blob of `repo` (HEAD). Seeing a blob exist is how clients
+    /// decide not to upload it, so its link's GC grace period restarts.
+    pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        let size = self
+            .inner
+            .meta
+            .blob_in_repo(repo, digest)
+            .await?
+            .ok_or(RegistryError::BlobUnknown)?;
+        let now = now_millis();
+        let grace = millis(self.inner.config.gc_grace);
+        // Only rewrite links older than half the grace period: HEAD stays a
+        // read in the common case.
+        self.inner
+            .meta
+            .touch_link(repo, digest, now, now - grace / 2)
+            .await?;
+        Ok(size)
+    }
+
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobRead> {
+        let size = self
+            .inner
+            .meta
+            .blob_in_repo(repo, digest)
+            .await?
+            .ok_or(RegistryError::BlobUnknown)?;
+        let (start, end) = match range {
+            Some(r) => r.resolve(size)?,
+            None => (0, size),
+        };
+        let body = self.inner.blobs.read(digest, start, end).await?;
+        Ok(BlobRead {
+            size,
+            start,
+            end,
+            partial: range.is_some(),
+            body,
+        })
+    }
+
+    /// Removes a blob from a repository. Its bytes go when GC finds nothing
+    /// else referencing them.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        if self.inner.meta.unlink_blob(repo, digest).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown)
+        }
+    }
+
+    /// Links a blob of another repository (or, with `from = None`, any
+    /// repository) into `repo`. `None` when there is nothing to mount: the
+    /// client then uploads.
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>> {
+        Ok(self
+            .inner
+            .meta
+            .mount_blob(repo, digest, from, now_millis())
+            .await?)
+    }
+
+    // --- uploads -----------------------------------------------------------
+
+    /// Opens an upload session. `algorithm` is the hash the bytes are
+    /// digested with as they stream in (clients may hint it; sha256 if not).
+    pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadState> {
+        let now = now_millis();
+        let record = UploadRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            repo: repo.clone(),
+            size: 0,
+            hash_state: Hasher::new(algorithm).save(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.inner.meta.create_upload(&record).await?;
+        Ok(UploadState {
+            id: record.id,
+            size: 0,
+        })
+    }
+
+    async fn upload_record(&self, repo: &RepoName, id: &str) -> Result<UploadRecord> {
+        if uuid::Uuid::try_parse(id).is_err() {
+            return Err(RegistryError::UploadUnknown);
+        }
+        match self.inner.meta.get_upload(id).await? {
+            // An upload id is only valid under the repository it was opened for.
+            Some(r) if &r.repo == repo => Ok(r),
+            _ => Err(RegistryError::UploadUnknown),
+        }
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        let r = self.upload_record(repo, id).await?;
+        Ok(UploadState {
+            id: r.id,
+            size: r.size,
+        })
+    }
+
+    /// Appends a chunk. `range` is the inclusive `Content-Range` the client
+    /// sent, if any; it must start where the upload stands.
+    pub async fn upload_chunk(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<(u64, u64)>,
+        body: ByteStream,
+    ) -> Result<UploadState> {
+        let _lock = self.inner.uploads.lock(id).await;
+        let record = self.upload_record(repo, id).await?;
+        let (size, _) = self.append(&record, range, body).await?;
+        Ok(UploadState {
+            id: record.id,
+            size,
+        })
+    }
+
+    /// Writes a chunk to an upload whose lock the caller holds and records
+    /// the new offset. Returns the new size and hasher.
+    async fn append(
+        &self,
+        record: &UploadRecord,
+        range: Option<(u64, u64)>,
+        body: ByteStream,
+    ) -> Result<(u64, Hasher)> {
+        if let Some((start, end)) = range
+            && (start != record.size || end < start)
+        {
+            return Err(RegistryError::RangeNotSatisfiable { size: record.size });
+        }
+        let hasher = match Hasher::restore(&record.hash_state) {
+            Ok(h) => h,
+            Err(e) => {
+                self.abandon_upload(&record.id).await;
+                return Err(RegistryError::UploadInvalid(e.to_string()));
+            }
+        };
+        let written = self
+            .inner
+            .blobs
+            .upload_write(
+                &record.id,
+                record.size,
+                body,
+                hasher,
+                self.inner.config.max_blob_size,
+            )
+            .await;
+        let w = match written {
+            Ok(w) => w,
+            Err(StorageError::Corrupt(why)) => {
+                self.abandon_upload(&record.id).await;
+                return Err(RegistryError::UploadInvalid(why));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let new_size = record.size + w.written;
+        if w.written > 0 {
+            // Progress is kept even when the body was cut short, so that the
+            // client can resume from the new offset.
+            let moved = self
+                .inner
+                .meta
+                .advance_upload(
+                    &record.id,
+                    record.size,
+                    new_size,
+                    &w.hasher.save(),
+                    now_millis(),
+                )
+                .await?;
+            if !moved {
+                return Err(RegistryError::UploadInvalid(
+                    "upload was modified concurrently; query its status and resume".into(),
+                ));
+            }
+        }
+        match w.interrupted {
+            Some(WriteInterruption::TooLarge) => Err(RegistryError::TooLarge {
+                limit: self.inner.config.max_blob_size,
+            }),
+            Some(WriteInterruption::Body(e)) => Err(RegistryError::UploadInvalid(format!(
+                "request body ended early after {} bytes: {e}",
+                w.written
+            ))),
+            None => {
+                if let Some((start, end)) = range
+                    && end - start + 1 != w.written
+                {
+                    return Err(RegistryError::UploadInvalid(format!(
+                        "Content-Range announced {} bytes but the body held {}",
+                        end - start + 1,
+                        w.written
+                    )));
+                }
+                Ok((new_size, w.hasher))
+            }
+        }
+    }
+
+    async fn abandon_upload(&self, id: &str) {
+        // Best effort: GC expires whatever this leaves behind.
+        if let Err(e) = self.inner.meta.delete_upload(id).await {
+            tracing::warn!(upload = id, error = %e, "could not delete upload record");
+        }
+        if let Err(e) = self.inner.blobs.upload_discard(id).await {
+            tracing::warn!(upload = id, error = %e, "could not discard staged upload");
+        }
+    }
+
+    /// Completes an upload (PUT), with an optional last chunk, verifying the
+    /// digest before the blob becomes visible.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+        body: Option<ByteStream>,
+    ) -> Result<u64> {
+        let _lock = self.inner.uploads.lock(id).await;
+        let record = self.upload_record(repo, id).await?;
+        let (size, hasher) = match body {
+            Some(body) => self.append(&record, range, body).await?,
+            None => {
+                let hasher = Hasher::restore(&record.hash_state)
+                    .map_err(|e| RegistryError::UploadInvalid(e.to_string()))?;
+                (record.size, hasher)
+            }
+        };
+        let actual = if hasher.algorithm() == digest.algorithm() {
+            hasher.finish()
+        } else {
+            // The client did not say which algorithm it would use when the
+            // upload started; hash the staged bytes once more.
+            self.inner
+                .blobs
+                .upload_digest(id, size, digest.algorithm())
+                .await?
+        };
+        if &actual != digest {
+            self.abandon_upload(id).await;
+            return Err(RegistryError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        if size > self.inner.config.max_blob_size {
+            self.abandon_upload(id).await;
+            return Err(RegistryError::TooLarge {
+                limit: self.inner.config.max_blob_size,
+            });
+        }
+        self.commit(repo, id, digest, size, true).await?;
+        Ok(size)
+    }
+
+    /// Makes staged upload `id` visible as `digest` in `repo`.
+    async fn commit(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        size: u64,
+        has_record: bool,
+    ) -> Result<()> {
+        let _lock = self.inner.digests.lock(digest.as_str()).await;
+        let present = self.inner.blobs.size(digest).await? == Some(size)
+            && self.inner.meta.blob_size(digest).await? == Some(size);
+        if present {
+            self.inner.blobs.upload_discard(id).await?;
+        } else {
+            self.inner.blobs.upload_commit(id, size, digest).await?;
+        }
+        let record = has_record.then_some(id);
+        self.inner
+            .meta
+            .commit_blob(repo, digest, size, record, now_millis())
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels an upload session (DELETE).
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let _lock = self.inner.uploads.lock(id).await;
+        self.upload_record(repo, id).await?;
+        self.abandon_upload(id).await;
+        Ok(())
+    }
+
+    /// A monolithic upload in one request (POST with `?digest=`).
+    pub async fn put_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<u64> {
+        // No session row: nothing can resume a single-request upload, and GC
+        // sweeps staged data that a crash leaves without one.
+        let id = uuid::Uuid::new_v4().to_string();
+        let hasher = Hasher::new(digest.algorithm());
+        let w = self
+            .inner
+            .blobs
+            .upload_write(&id, 0, body, hasher, self.inner.config.max_blob_size)
+            .await?;
+        if let Some(why) = w.interrupted {
+            let _ = self.inner.blobs.upload_discard(&id).await;
+            return Err(match why {
+                WriteInterruption::TooLarge => RegistryError::TooLarge {
+                    limit: self.inner.config.max_blob_size,
+                },
+                WriteInterruption::Body(e) => {
+                    RegistryError::UploadInvalid(format!("request body ended early: {e}"))
+                }
+            });
+        }
+        let actual = w.hasher.finish();
+        if &actual != digest {
+            let _ = self.inner.blobs.upload_discard(&id).await;
+            return Err(RegistryError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        self.commit(repo, &id, digest, w.written, false).await?;
+        Ok(w.written)
+    }
+
+    // --- manifests -------------------------------------------------------------
+
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let found = match reference {
+            Reference::Tag(t) => self.inner.meta.manifest_by_tag(repo, t).await?,
+            Reference::Digest(d) => self.inner.meta.manifest_by_digest(repo, d).await?,
+        };
+        found.ok_or(RegistryError::ManifestUnknown)
+    }
+
+    /// Stores a manifest under a tag or its digest, plus `extra_tags`
+    /// (the `?tag=` parameters of a push by digest).
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: &Bytes,
+        extra_tags: &[Tag],
+    ) -> Result<PushedManifest> {
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = Digest::of_bytes(expected.algorithm(), body);
+                if &actual != expected {
+                    return Err(RegistryError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(body),
+        };
+        let parsed = manifest::parse(content_type, body)?;
+        let mut tags = extra_tags.to_vec();
+        if let Reference::Tag(t) = reference {
+            tags.push(t.clone());
+        }
+        tags.sort();
+        tags.dedup();
+        let outcome = self
+            .inner
+            .meta
+            .put_manifest(NewManifest {
+                repo,
+                digest: &digest,
+                content: body,
+                parsed: &parsed,
+                tags: &tags,
+                now: now_millis(),
+            })
+            .await?;
+        match outcome {
+            PutManifestOutcome::Stored => Ok(PushedManifest {
+                digest,
+                subject: parsed.subject,
+                tags,
+            }),
+            PutManifestOutcome::MissingBlob(d) => Err(RegistryError::ManifestBlobUnknown(d)),
+            PutManifestOutcome::MissingManifest(d) => Err(RegistryError::ManifestChildUnknown(d)),
+        }
+    }
+
+    /// Deletes a tag (only that tag) or a manifest by digest (with its tags).
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let deleted = match reference {
+            Reference::Tag(t) => self.inner.meta.delete_tag(repo, t).await?,
+            Reference::Digest(d) => self.inner.meta.delete_manifest(repo, d).await?,
+        };
+        if deleted {
+            Ok(())
+        } else {
+            Err(RegistryError::ManifestUnknown)
+        }
+    }
+
+    // --- discovery ---------------------------------------------------------
+
+    pub async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.inner
+            .meta
+            .list_tags(repo, last, limit)
+            .await?
+            .ok_or(RegistryError::NameUnknown)
+    }
+
+    pub async fn catalog(&self, last: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        Ok(self.inner.meta.list_repositories(last, limit).await?)
+    }
+
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        Ok(self
+            .inner
+            .meta
+            .referrers(repo, subject, artifact_type)
+            .await?)
+    }
+
+    /// Deletes a repository: its tags, manifests, blob links and uploads.
+    /// Storage nothing else references is reclaimed by GC.
+    pub async fn delete_repository(&self, repo: &RepoName) -> Result<()> {
+        let uploads = self
+            .inner
+            .meta
+            .delete_repository(repo)
+            .await?
+            .ok_or(RegistryError::NameUnknown)?;
+        for id in uploads {
+            self.inner.blobs.upload_discard(&id).await?;
+        }
+        Ok(())
+    }
+
+    // --- garbage collection ----------------------------------------------------
+
+    /// One online GC pass. `sweep` also walks the blob store for files the
+    /// metadata does not know (a crash between rename and insert leaves
+    /// such files); it costs a directory walk, so callers run it less often.
+    pub async fn collect_garbage(&self, sweep: bool) -> Result<GcReport> {
+        let now = now_millis();
+        let cutoff = now - millis(self.inner.config.gc_grace);
+        let meta = &self.inner.meta;
+        let blobs = &self.inner.blobs;
+        let mut report = GcReport::default();
+
+        let m = meta.gc_metadata(cutoff).await?;
+        report.manifests = m.manifests;
+        report.links = m.links;
+        report.repositories = m.repositories;
+
+        let upload_cutoff = now - millis(self.inner.config.upload_ttl);
+        for id in meta.gc_expire_uploads(upload_cutoff).await? {
+            blobs.upload_discard(&id).await?;
+            report.uploads += 1;
+        }
+
+        const BATCH: usize = 500;
+        loop {
+            let candidates = meta.gc_blob_candidates(cutoff, BATCH).await?;
+            let mut forgotten = 0;
+            for (digest, size) in &candidates {
+                let _lock = self.inner.digests.lock(digest.as_str()).await;
+                // Re-checked inside the delete's transaction: a push that
+                // linked or referenced the blob since wins.
+                if meta.gc_forget_blob(digest, cutoff).await? {
+                    blobs.delete(digest).await?;
+                    report.blobs += 1;
+                    report.bytes += size;
+                    forgotten += 1;
+                }
+            }
+            if candidates.len() < BATCH || forgotten == 0 {
+                break;
+            }
+        }
+
+        if sweep {
+            let old = |t: std::time::SystemTime, age: Millis| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| millis(d) < now - age)
+                    .unwrap_or(false)
+            };
+            let grace = millis(self.inner.config.gc_grace);
+            for (digest, mtime) in blobs.list_blobs().await? {
+                if !old(mtime, grace) {
+                    continue;
+                }
+                let _lock = self.inner.digests.lock(digest.as_str()).await;
+                if meta.blob_size(&digest).await?.is_none() {
+                    blobs.delete(&digest).await?;
+                    report.orphans += 1;
+                }
+            }
+            let ttl = millis(self.inner.config.upload_ttl);
+            for (id, mtime) in blobs.list_uploads().await? {
+                if old(mtime, ttl) && !meta.upload_exists(&id).await? {
+                    blobs.upload_discard(&id).await?;
+                    report.uploads += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}

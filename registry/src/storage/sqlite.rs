@@ -1,0 +1,1007 @@
+//! The SQLite metadata store of the embedded default.
+//!
+//! One writer connection (SQLite serialises writers anyway; one connection
+//! avoids `SQLITE_BUSY` churn) and a small set of reader connections, which
+//! WAL mode lets run beside the writer. All calls run on tokio's blocking
+//! pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::{
+    MetadataGcReport, MetadataStore, Millis, NewManifest, PutManifestOutcome, Referrer,
+    StorageError, StoredManifest, UploadRecord,
+};
+use crate::digest::Digest;
+use crate::names::{RepoName, Tag};
+
+/// Schema history. Append new migrations; never edit a released one.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE repositories (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+
+-- Blobs present in the blob store, verified.
+CREATE TABLE blobs (
+    digest      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Which repositories a blob belongs to (by upload or mount).
+CREATE TABLE repository_blobs (
+    repository_id INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest        TEXT NOT NULL REFERENCES blobs(digest),
+    linked_at     INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest)
+) WITHOUT ROWID;
+CREATE INDEX repository_blobs_digest ON repository_blobs(digest);
+
+CREATE TABLE manifests (
+    repository_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+    digest            TEXT NOT NULL,
+    media_type        TEXT NOT NULL,
+    artifact_type     TEXT,
+    config_media_type TEXT,
+    subject           TEXT,
+    annotations       TEXT,
+    size              INTEGER NOT NULL,
+    content_size      INTEGER NOT NULL,
+    content           BLOB NOT NULL,
+    created_at        INTEGER NOT NULL,
+    pushed_at         INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest)
+);
+CREATE INDEX manifests_subject ON manifests(repository_id, subject) WHERE subject IS NOT NULL;
+
+-- Config and layers a manifest references.
+CREATE TABLE manifest_blobs (
+    repository_id   INTEGER NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    blob_digest     TEXT NOT NULL REFERENCES blobs(digest),
+    PRIMARY KEY (repository_id, manifest_digest, blob_digest),
+    FOREIGN KEY (repository_id, manifest_digest)
+        REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX manifest_blobs_blob ON manifest_blobs(blob_digest);
+
+-- Manifests an index lists, in order, with their platforms.
+CREATE TABLE manifest_children (
+    repository_id INTEGER NOT NULL,
+    parent_digest TEXT NOT NULL,
+    position      INTEGER NOT NULL,
+    child_digest  TEXT NOT NULL,
+    platform      TEXT,
+    PRIMARY KEY (repository_id, parent_digest, position),
+    FOREIGN KEY (repository_id, parent_digest)
+        REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX manifest_children_child ON manifest_children(repository_id, child_digest);
+
+CREATE TABLE tags (
+    repository_id   INTEGER NOT NULL,
+    name            TEXT NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, name),
+    FOREIGN KEY (repository_id, manifest_digest)
+        REFERENCES manifests(repository_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX tags_manifest ON tags(repository_id, manifest_digest);
+
+-- Upload sessions: the acknowledged offset and the hash state after it.
+CREATE TABLE uploads (
+    id          TEXT PRIMARY KEY,
+    repository  TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    hash_state  BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX uploads_repository ON uploads(repository);
+"#];
+
+/// How hard SQLite syncs a commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged push survives power loss.
+    Full,
+    /// fsync at WAL checkpoints: survives a process crash, may lose the last
+    /// commits on power loss.
+    Normal,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    synchronous: Synchronous,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// SQLite-backed [`MetadataStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteMetadata {
+    inner: Arc<Inner>,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Database(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(e.to_string())
+}
+
+fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, StorageError> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {sync};
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;
+         PRAGMA cache_size = -16000;"
+    ))
+    .map_err(db_err)?;
+    Ok(conn)
+}
+
+/// Most reader connections kept open for reuse.
+const MAX_IDLE_READERS: usize = 8;
+
+impl SqliteMetadata {
+    /// Opens (creating and migrating if needed) the database at `path`.
+    pub fn open(path: impl Into<PathBuf>, synchronous: Synchronous) -> Result<Self, StorageError> {
+        let path = path.into();
+        let mut writer = open_connection(&path, synchronous)?;
+        let migrations = Migrations::new(MIGRATIONS.iter().map(|m| M::up(m)).collect());
+        migrations.to_latest(&mut writer).map_err(db_err)?;
+        Ok(SqliteMetadata {
+            inner: Arc::new(Inner {
+                path,
+                synchronous,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_connection(&inner.path, inner.synchronous)?,
+            };
+            let out = f(&conn);
+            let mut idle = inner.readers.lock();
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(db_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(db_err)?
+    }
+
+    /// Runs a write that must roll back when the closure reports a refusal
+    /// rather than an error (e.g. a manifest referencing a missing blob).
+    async fn write_or_rollback<T, F>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static + Committable,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let out = f(&tx)?;
+            if out.should_commit() {
+                tx.commit().map_err(db_err)?;
+            } else {
+                tx.rollback().map_err(db_err)?;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(db_err)?
+    }
+}
+
+trait Committable {
+    fn should_commit(&self) -> bool;
+}
+
+impl Committable for PutManifestOutcome {
+    fn should_commit(&self) -> bool {
+        *self == PutManifestOutcome::Stored
+    }
+}
+
+fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>, StorageError> {
+    conn.query_row(
+        "SELECT id FROM repositories WHERE name = ?1",
+        params![repo],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+fn ensure_repo(tx: &Transaction<'_>, repo: &str, now: Millis) -> Result<i64, StorageError> {
+    tx.execute(
+        "INSERT INTO repositories (name, created_at, updated_at) VALUES (?1, ?2, ?2)
+         ON CONFLICT (name) DO NOTHING",
+        params![repo, now],
+    )
+    .map_err(db_err)?;
+    repo_id(tx, repo)?.ok_or_else(|| corrupt("repository vanished inside its transaction"))
+}
+
+fn parse_digest(s: String) -> Result<Digest, StorageError> {
+    Digest::parse(&s).map_err(corrupt)
+}
+
+fn stored_manifest(row: (String, String, Vec<u8>)) -> Result<StoredManifest, StorageError> {
+    Ok(StoredManifest {
+        digest: parse_digest(row.0)?,
+        media_type: row.1,
+        content: Bytes::from(row.2),
+    })
+}
+
+fn to_u64(v: i64) -> Result<u64, StorageError> {
+    u64::try_from(v).map_err(corrupt)
+}
+
+fn to_i64(v: u64) -> Result<i64, StorageError> {
+    i64::try_from(v).map_err(corrupt)
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadata {
+    async fn blob_in_repo(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<u64>, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        self.read(move |c| {
+            let size: Option<i64> = c
+                .query_row(
+                    "SELECT b.size FROM repositories r
+                     JOIN repository_blobs rb ON rb.repository_id = r.id
+                     JOIN blobs b ON b.digest = rb.digest
+                     WHERE r.name = ?1 AND rb.digest = ?2",
+                    params![repo, digest],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            size.map(to_u64).transpose()
+        })
+        .await
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        let digest = digest.as_str().to_owned();
+        self.read(move |c| {
+            let size: Option<i64> = c
+                .query_row(
+                    "SELECT size FROM blobs WHERE digest = ?1",
+                    params![digest],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_err)?;
+            size.map(to_u64).transpose()
+        })
+        .await
+    }
+
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        upload_id: Option<&str>,
+        now: Millis,
+    ) -> Result<(), StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        let upload_id = upload_id.map(str::to_owned);
+        let size = to_i64(size)?;
+        self.write(move |tx| {
+            let rid = ensure_repo(tx, &repo, now)?;
+            tx.execute(
+                "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (digest) DO NOTHING",
+                params![digest, size, now],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (repository_id, digest) DO UPDATE SET linked_at = excluded.linked_at",
+                params![rid, digest, now],
+            )
+            .map_err(db_err)?;
+            if let Some(id) = upload_id {
+                tx.execute("DELETE FROM uploads WHERE id = ?1", params![id])
+                    .map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        now: Millis,
+    ) -> Result<Option<u64>, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        let from = from.map(|f| f.as_str().to_owned());
+        self.write(move |tx| {
+            let size: Option<i64> = match &from {
+                Some(from) => tx
+                    .query_row(
+                        "SELECT b.size FROM repositories r
+                         JOIN repository_blobs rb ON rb.repository_id = r.id
+                         JOIN blobs b ON b.digest = rb.digest
+                         WHERE r.name = ?1 AND rb.digest = ?2",
+                        params![from, digest],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+                None => tx
+                    .query_row(
+                        "SELECT b.size FROM blobs b WHERE b.digest = ?1
+                         AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
+                        params![digest],
+                        |r| r.get(0),
+                    )
+                    .optional(),
+            }
+            .map_err(db_err)?;
+            let Some(size) = size else { return Ok(None) };
+            let rid = ensure_repo(tx, &repo, now)?;
+            tx.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, linked_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (repository_id, digest) DO UPDATE SET linked_at = excluded.linked_at",
+                params![rid, digest, now],
+            )
+            .map_err(db_err)?;
+            Ok(Some(to_u64(size)?))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM repository_blobs WHERE digest = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, digest],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn touch_link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        now: Millis,
+        older_than: Millis,
+    ) -> Result<(), StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE repository_blobs SET linked_at = ?3 WHERE digest = ?2 AND linked_at < ?4
+                 AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                params![repo, digest, now, older_than],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_upload(&self, upload: &UploadRecord) -> Result<(), StorageError> {
+        let u = upload.clone();
+        let size = to_i64(u.size)?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO uploads (id, repository, size, hash_state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    u.id,
+                    u.repo.as_str(),
+                    size,
+                    u.hash_state,
+                    u.created_at,
+                    u.updated_at
+                ],
+            )
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StorageError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let row: Option<(String, String, i64, Vec<u8>, i64, i64)> = c
+                .query_row(
+                    "SELECT id, repository, size, hash_state, created_at, updated_at
+                     FROM uploads WHERE id = ?1",
+                    params![id],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(db_err)?;
+            row.map(|(id, repo, size, hash_state, created_at, updated_at)| {
+                Ok(UploadRecord {
+                    id,
+                    repo: RepoName::parse(&repo).map_err(corrupt)?,
+                    size: to_u64(size)?,
+                    hash_state,
+                    created_at,
+                    updated_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn advance_upload(
+        &self,
+        id: &str,
+        expected_size: u64,
+        new_size: u64,
+        hash_state: &[u8],
+        now: Millis,
+    ) -> Result<bool, StorageError> {
+        let id = id.to_owned();
+        let hash_state = hash_state.to_vec();
+        let (expected, new) = (to_i64(expected_size)?, to_i64(new_size)?);
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE uploads SET size = ?3, hash_state = ?4, updated_at = ?5
+                     WHERE id = ?1 AND size = ?2",
+                    params![id, expected, new, hash_state, now],
+                )
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<bool, StorageError> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            Ok(tx
+                .execute("DELETE FROM uploads WHERE id = ?1", params![id])
+                .map_err(db_err)?
+                > 0)
+        })
+        .await
+    }
+
+    async fn manifest_by_tag(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let (repo, tag) = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT m.digest, m.media_type, m.content FROM repositories r
+                     JOIN tags t ON t.repository_id = r.id
+                     JOIN manifests m ON m.repository_id = r.id AND m.digest = t.manifest_digest
+                     WHERE r.name = ?1 AND t.name = ?2",
+                    params![repo, tag],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            row.map(stored_manifest).transpose()
+        })
+        .await
+    }
+
+    async fn manifest_by_digest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT m.digest, m.media_type, m.content FROM repositories r
+                     JOIN manifests m ON m.repository_id = r.id
+                     WHERE r.name = ?1 AND m.digest = ?2",
+                    params![repo, digest],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            row.map(stored_manifest).transpose()
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, m: NewManifest<'_>) -> Result<PutManifestOutcome, StorageError> {
+        let repo = m.repo.as_str().to_owned();
+        let digest = m.digest.as_str().to_owned();
+        let content = m.content.to_vec();
+        let p = m.parsed.clone();
+        let tags: Vec<String> = m.tags.iter().map(|t| t.as_str().to_owned()).collect();
+        let now = m.now;
+        let size = to_i64(content.len() as u64)?;
+        let content_size = to_i64(p.content_size)?;
+        self.write_or_rollback(move |tx| {
+            let rid = ensure_repo(tx, &repo, now)?;
+            {
+                let mut linked = tx
+                    .prepare_cached(
+                        "SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?2",
+                    )
+                    .map_err(db_err)?;
+                for b in &p.blobs {
+                    if !linked.exists(params![rid, b.as_str()]).map_err(db_err)? {
+                        return Ok(PutManifestOutcome::MissingBlob(b.clone()));
+                    }
+                }
+                let mut present = tx
+                    .prepare_cached("SELECT 1 FROM manifests WHERE repository_id = ?1 AND digest = ?2")
+                    .map_err(db_err)?;
+                for c in &p.children {
+                    if !present.exists(params![rid, c.digest.as_str()]).map_err(db_err)? {
+                        return Ok(PutManifestOutcome::MissingManifest(c.digest.clone()));
+                    }
+                }
+            }
+            let inserted = tx
+                .execute(
+                    "INSERT INTO manifests (repository_id, digest, media_type, artifact_type,
+                        config_media_type, subject, annotations, size, content_size, content,
+                        created_at, pushed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                     ON CONFLICT (repository_id, digest) DO NOTHING",
+                    params![
+                        rid,
+                        digest,
+                        p.media_type,
+                        p.artifact_type,
+                        p.config_media_type,
+                        p.subject.as_ref().map(|s| s.as_str().to_owned()),
+                        p.annotations,
+                        size,
+                        content_size,
+                        content,
+                        now
+                    ],
+                )
+                .map_err(db_err)?;
+            if inserted == 0 {
+                // Re-pushed: the content is identical (same digest); restart
+                // its GC grace period.
+                tx.execute(
+                    "UPDATE manifests SET pushed_at = ?3 WHERE repository_id = ?1 AND digest = ?2",
+                    params![rid, digest, now],
+                )
+                .map_err(db_err)?;
+            } else {
+                let mut add_blob = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO manifest_blobs (repository_id, manifest_digest, blob_digest)
+                         VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(db_err)?;
+                for b in &p.blobs {
+                    add_blob.execute(params![rid, digest, b.as_str()]).map_err(db_err)?;
+                }
+                let mut add_optional = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO manifest_blobs (repository_id, manifest_digest, blob_digest)
+                         SELECT ?1, ?2, ?3 WHERE EXISTS
+                           (SELECT 1 FROM repository_blobs WHERE repository_id = ?1 AND digest = ?3)",
+                    )
+                    .map_err(db_err)?;
+                for b in &p.optional_blobs {
+                    add_optional.execute(params![rid, digest, b.as_str()]).map_err(db_err)?;
+                }
+                let mut add_child = tx
+                    .prepare_cached(
+                        "INSERT INTO manifest_children (repository_id, parent_digest, position, child_digest, platform)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )
+                    .map_err(db_err)?;
+                for (i, c) in p.children.iter().enumerate() {
+                    let platform = c
+                        .platform
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()
+                        .map_err(corrupt)?;
+                    add_child
+                        .execute(params![rid, digest, i as i64, c.digest.as_str(), platform])
+                        .map_err(db_err)?;
+                }
+            }
+            let mut set_tag = tx
+                .prepare_cached(
+                    "INSERT INTO tags (repository_id, name, manifest_digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (repository_id, name) DO UPDATE
+                     SET manifest_digest = excluded.manifest_digest, updated_at = excluded.updated_at",
+                )
+                .map_err(db_err)?;
+            for t in &tags {
+                set_tag.execute(params![rid, t, digest, now]).map_err(db_err)?;
+            }
+            tx.execute(
+                "UPDATE repositories SET updated_at = ?2 WHERE id = ?1",
+                params![rid, now],
+            )
+            .map_err(db_err)?;
+            Ok(PutManifestOutcome::Stored)
+        })
+        .await
+    }
+
+    async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, StorageError> {
+        let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
+        self.write(move |tx| {
+            // Tags, references and children go with it (ON DELETE CASCADE).
+            let n = tx
+                .execute(
+                    "DELETE FROM manifests WHERE digest = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, digest],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, StorageError> {
+        let (repo, tag) = (repo.as_str().to_owned(), tag.as_str().to_owned());
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM tags WHERE name = ?2
+                     AND repository_id = (SELECT id FROM repositories WHERE name = ?1)",
+                    params![repo, tag],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let repo = repo.as_str().to_owned();
+        let last = last.unwrap_or("").to_owned();
+        let limit = limit as i64;
+        self.read(move |c| {
+            let Some(rid) = repo_id(c, &repo)? else {
+                return Ok(None);
+            };
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name FROM tags WHERE repository_id = ?1 AND name > ?2
+                     ORDER BY name LIMIT ?3",
+                )
+                .map_err(db_err)?;
+            let tags = stmt
+                .query_map(params![rid, last, limit], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_err)?;
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    async fn list_repositories(
+        &self,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        let last = last.unwrap_or("").to_owned();
+        let limit = limit as i64;
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let names = stmt
+                .query_map(params![last, limit], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_err)?;
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>, StorageError> {
+        let (repo, subject) = (repo.as_str().to_owned(), subject.as_str().to_owned());
+        let artifact_type = artifact_type.map(str::to_owned);
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
+                     FROM repositories r JOIN manifests m ON m.repository_id = r.id
+                     WHERE r.name = ?1 AND m.subject = ?2
+                       AND (?3 IS NULL OR m.artifact_type = ?3)
+                     ORDER BY m.created_at, m.digest",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![repo, subject, artifact_type], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.into_iter()
+                .map(|(d, mt, size, at, ann)| {
+                    Ok(Referrer {
+                        digest: parse_digest(d)?,
+                        media_type: mt,
+                        size: to_u64(size)?,
+                        artifact_type: at,
+                        annotations: ann,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete_repository(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<Vec<String>>, StorageError> {
+        let repo = repo.as_str().to_owned();
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT id FROM uploads WHERE repository = ?1")
+                .map_err(db_err)?;
+            let uploads = stmt
+                .query_map(params![repo], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_err)?;
+            tx.execute("DELETE FROM uploads WHERE repository = ?1", params![repo])
+                .map_err(db_err)?;
+            let Some(rid) = repo_id(tx, &repo)? else {
+                return Ok(if uploads.is_empty() {
+                    None
+                } else {
+                    Some(uploads)
+                });
+            };
+            // Children first: tags reference manifests, which reference the repository.
+            tx.execute("DELETE FROM tags WHERE repository_id = ?1", params![rid])
+                .map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM manifests WHERE repository_id = ?1",
+                params![rid],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = ?1",
+                params![rid],
+            )
+            .map_err(db_err)?;
+            tx.execute("DELETE FROM repositories WHERE id = ?1", params![rid])
+                .map_err(db_err)?;
+            Ok(Some(uploads))
+        })
+        .await
+    }
+
+    async fn gc_metadata(&self, cutoff: Millis) -> Result<MetadataGcReport, StorageError> {
+        self.write(move |tx| {
+            // A manifest lives while it is tagged, recently pushed, listed by a
+            // living index, or refers (as `subject`) to a living manifest.
+            let manifests = tx
+                .execute(
+                    "WITH RECURSIVE alive(repository_id, digest) AS (
+                        SELECT m.repository_id, m.digest FROM manifests m
+                        WHERE m.pushed_at >= ?1
+                           OR EXISTS (SELECT 1 FROM tags t
+                                      WHERE t.repository_id = m.repository_id
+                                        AND t.manifest_digest = m.digest)
+                        UNION
+                        SELECT c.repository_id, c.child_digest FROM manifest_children c
+                        JOIN alive a ON a.repository_id = c.repository_id AND a.digest = c.parent_digest
+                        UNION
+                        SELECT m.repository_id, m.digest FROM manifests m
+                        JOIN alive a ON a.repository_id = m.repository_id AND a.digest = m.subject
+                     )
+                     DELETE FROM manifests WHERE (repository_id, digest) NOT IN
+                        (SELECT repository_id, digest FROM alive)",
+                    params![cutoff],
+                )
+                .map_err(db_err)? as u64;
+            let links = tx
+                .execute(
+                    "DELETE FROM repository_blobs WHERE linked_at < ?1 AND NOT EXISTS
+                        (SELECT 1 FROM manifest_blobs mb
+                         WHERE mb.repository_id = repository_blobs.repository_id
+                           AND mb.blob_digest = repository_blobs.digest)",
+                    params![cutoff],
+                )
+                .map_err(db_err)? as u64;
+            let repositories = tx
+                .execute(
+                    "DELETE FROM repositories WHERE updated_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = repositories.id)
+                       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = repositories.id)
+                       AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.repository = repositories.name)",
+                    params![cutoff],
+                )
+                .map_err(db_err)? as u64;
+            Ok(MetadataGcReport {
+                manifests,
+                links,
+                repositories,
+            })
+        })
+        .await
+    }
+
+    async fn gc_blob_candidates(
+        &self,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<(Digest, u64)>, StorageError> {
+        let limit = limit as i64;
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT b.digest, b.size FROM blobs b WHERE b.created_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
+                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = b.digest)
+                     LIMIT ?2",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![cutoff, limit], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            rows.into_iter()
+                .map(|(d, s)| Ok((parse_digest(d)?, to_u64(s)?)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn gc_forget_blob(&self, digest: &Digest, cutoff: Millis) -> Result<bool, StorageError> {
+        let digest = digest.as_str().to_owned();
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "DELETE FROM blobs WHERE digest = ?1 AND created_at < ?2
+                       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = blobs.digest)
+                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob_digest = blobs.digest)",
+                    params![digest, cutoff],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn gc_expire_uploads(&self, cutoff: Millis) -> Result<Vec<String>, StorageError> {
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM uploads WHERE updated_at < ?1 RETURNING id")
+                .map_err(db_err)?;
+            let ids = stmt
+                .query_map(params![cutoff], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db_err)?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn upload_exists(&self, id: &str) -> Result<bool, StorageError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT 1 FROM uploads WHERE id = ?1")
+                .map_err(db_err)?
+                .exists(params![id])
+                .map_err(db_err)
+        })
+        .await
+    }
+}
