@@ -1,0 +1,170 @@
+//! Content discovery: tag lists and the catalog (paged with `n`/`last` and
+//! `Link`), and the referrers API.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use registry::Digest;
+use registry::manifest::media_types::OCI_INDEX;
+use serde_json::{Map, Value, json};
+
+use super::error::{Code, OciError, OciResult};
+use super::{Query, repo_name};
+use crate::auth::{Action, Scope};
+use crate::http::AppState;
+use crate::http::headers::OCI_FILTERS_APPLIED;
+
+/// Page size from `n`, capped by the configured maximum.
+fn page_size(state: &AppState, q: &Query) -> OciResult<usize> {
+    match q.get("n") {
+        None => Ok(state.max_page),
+        Some(n) => n
+            .parse::<usize>()
+            .map(|n| n.min(state.max_page))
+            .map_err(|_| {
+                OciError::new(
+                    StatusCode::BAD_REQUEST,
+                    Code::Unsupported,
+                    format!("invalid page size n={n:?}"),
+                )
+            }),
+    }
+}
+
+/// Fetches one extra entry to learn whether a next page exists.
+fn paged_response(
+    mut items: Vec<String>,
+    n: usize,
+    key: &str,
+    extra: Option<(&str, &str)>,
+    link_path: &str,
+) -> Response {
+    let more = items.len() > n;
+    items.truncate(n);
+    let mut body = Map::new();
+    if let Some((k, v)) = extra {
+        body.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    let last = items.last().cloned();
+    body.insert(key.to_owned(), json!(items));
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Value::Object(body).to_string(),
+    )
+        .into_response();
+    if let (true, Some(last)) = (more, last) {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("n", &n.to_string())
+            .append_pair("last", &last)
+            .finish();
+        if let Ok(v) = format!("<{link_path}?{query}>; rel=\"next\"").parse() {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    resp
+}
+
+pub(super) async fn tags(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    q: &Query,
+) -> OciResult<Response> {
+    let name = repo_name(name)?;
+    state
+        .auth
+        .authorize(headers, Scope::repository(&name, &[Action::Pull]))
+        .await?;
+    let n = page_size(state, q)?;
+    let tags = if n == 0 {
+        // Still answer 404 for an unknown repository.
+        state.registry.list_tags(&name, None, 0).await?
+    } else {
+        state
+            .registry
+            .list_tags(&name, q.get("last"), n + 1)
+            .await?
+    };
+    Ok(paged_response(
+        tags,
+        n,
+        "tags",
+        Some(("name", name.as_str())),
+        &format!("/v2/{name}/tags/list"),
+    ))
+}
+
+pub(super) async fn catalog(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &Query,
+) -> OciResult<Response> {
+    state.auth.authorize(headers, Scope::Catalog).await?;
+    let n = page_size(state, q)?;
+    let repos = if n == 0 {
+        Vec::new()
+    } else {
+        state.registry.catalog(q.get("last"), n + 1).await?
+    };
+    Ok(paged_response(
+        repos,
+        n,
+        "repositories",
+        None,
+        "/v2/_catalog",
+    ))
+}
+
+pub(super) async fn referrers(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+    digest: &str,
+    q: &Query,
+) -> OciResult<Response> {
+    let name = repo_name(name)?;
+    state
+        .auth
+        .authorize(headers, Scope::repository(&name, &[Action::Pull]))
+        .await?;
+    let subject = Digest::parse(digest).map_err(|e| OciError::digest_invalid(e.to_string()))?;
+    let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());
+    let found = state
+        .registry
+        .referrers(&name, &subject, artifact_type)
+        .await?;
+    let manifests: Vec<Value> = found
+        .into_iter()
+        .map(|r| {
+            let mut d = json!({
+                "mediaType": r.media_type,
+                "digest": r.digest.as_str(),
+                "size": r.size,
+            });
+            if let Some(at) = r.artifact_type {
+                d["artifactType"] = Value::String(at);
+            }
+            if let Some(a) = r
+                .annotations
+                .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+            {
+                d["annotations"] = a;
+            }
+            d
+        })
+        .collect();
+    let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, OCI_INDEX)],
+        body.to_string(),
+    )
+        .into_response();
+    if artifact_type.is_some() {
+        resp.headers_mut().insert(
+            OCI_FILTERS_APPLIED,
+            http::HeaderValue::from_static("artifactType"),
+        );
+    }
+    Ok(resp)
+}
