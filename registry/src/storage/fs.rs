@@ -69,6 +69,16 @@ impl FsBlobStore {
     }
 }
 
+/// Modification time of a listed entry; `None` if it vanished since the
+/// listing (uploads commit and blobs get collected concurrently).
+fn modified(entry: &fs::DirEntry) -> io::Result<Option<SystemTime>> {
+    match entry.metadata().and_then(|m| m.modified()) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -283,8 +293,9 @@ impl BlobStore for FsBlobStore {
                         let Ok(digest) = Digest::parse(&format!("{}:{name}", algo.name())) else {
                             continue;
                         };
-                        let mtime = entry.metadata()?.modified()?;
-                        out.push((digest, mtime));
+                        if let Some(mtime) = modified(&entry)? {
+                            out.push((digest, mtime));
+                        }
                     }
                 }
             }
@@ -300,8 +311,8 @@ impl BlobStore for FsBlobStore {
             let mut out = Vec::new();
             for entry in fs::read_dir(dir)? {
                 let entry = entry?;
-                if let Some(name) = entry.file_name().to_str() {
-                    out.push((name.to_owned(), entry.metadata()?.modified()?));
+                if let (Some(name), Some(mtime)) = (entry.file_name().to_str(), modified(&entry)?) {
+                    out.push((name.to_owned(), mtime));
                 }
             }
             Ok(out)
