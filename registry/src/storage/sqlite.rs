@@ -154,7 +154,7 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
          PRAGMA synchronous = {sync};
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 10000;
-         PRAGMA cache_size = -16000;"
+         PRAGMA cache_size = -4000;"
     ))
     .map_err(db_err)?;
     Ok(conn)
