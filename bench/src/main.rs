@@ -1,0 +1,2 @@
+//! berth-bench (being written).
+fn main() {}
