@@ -194,7 +194,11 @@ fn effective_media_type(
         }
     }
     let effective = match (field, header.as_deref()) {
-        (Some(f), Some(h)) if MANIFESTS.contains(&h) && f != h => {
+        // Clients MUST send a manifest that has a mediaType field with that
+        // Content-Type (distribution-spec, "Pushing Manifests"). A manifest
+        // sent as something else, known type or not, is refused rather than
+        // stored under a type the client did not declare.
+        (Some(f), Some(h)) if f != h => {
             return Err(ManifestError::MediaTypeMismatch {
                 header: h.to_owned(),
                 field: f.to_owned(),

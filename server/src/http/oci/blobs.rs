@@ -148,12 +148,15 @@ fn with_session(e: RegistryError, name: &RepoName, id: &str) -> OciError {
     };
     let mut err = OciError::from(e);
     if let Some(size) = size {
-        err = err
-            .header(header::LOCATION, &upload_location(name, id))
-            .header(header::RANGE, &range_header(size))
-            .header(DOCKER_UPLOAD_UUID, id);
+        err = session_headers(err, name, id, size);
     }
     err
+}
+
+fn session_headers(err: OciError, name: &RepoName, id: &str, size: u64) -> OciError {
+    err.header(header::LOCATION, &upload_location(name, id))
+        .header(header::RANGE, &range_header(size))
+        .header(DOCKER_UPLOAD_UUID, id)
 }
 
 pub(super) async fn get(
@@ -332,6 +335,24 @@ fn checked_range(headers: &HeaderMap) -> OciResult<Option<(u64, u64)>> {
     Ok(range)
 }
 
+/// The chunk's range, checked. An unusable `Content-Range` is answered like
+/// an out-of-order chunk (416), with where the upload stands, so that the
+/// client can resume from there.
+async fn chunk_range(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &RepoName,
+    id: &str,
+) -> OciResult<Option<(u64, u64)>> {
+    match checked_range(headers) {
+        Err(e) if e.status == StatusCode::RANGE_NOT_SATISFIABLE => {
+            let s = state.registry.upload_status(name, id).await?;
+            Err(session_headers(e, name, id, s.size))
+        }
+        r => r,
+    }
+}
+
 pub(super) async fn patch_upload(
     state: &AppState,
     headers: &HeaderMap,
@@ -344,7 +365,7 @@ pub(super) async fn patch_upload(
         .auth
         .authorize(headers, Scope::repository(&name, &[Action::Push]))
         .await?;
-    let range = checked_range(headers)?;
+    let range = chunk_range(state, headers, &name, id).await?;
     let s = state
         .registry
         .upload_chunk(&name, id, range, body_stream(state, body))
@@ -372,7 +393,7 @@ pub(super) async fn put_upload(
             OciError::digest_invalid("the digest query parameter is required to finish an upload")
         })
         .and_then(digest_param)?;
-    let range = checked_range(headers)?;
+    let range = chunk_range(state, headers, &name, id).await?;
     let body = has_body(headers).then(|| body_stream(state, body));
     let started = std::time::Instant::now();
     state

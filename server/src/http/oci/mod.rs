@@ -7,6 +7,7 @@
 
 mod blobs;
 mod discovery;
+mod drain;
 pub mod error;
 mod manifests;
 
@@ -117,7 +118,11 @@ pub async fn dispatch(
     };
     let label = route.label();
     let query = uri.query().unwrap_or("");
+    let (body, unread) = drain::share(body, &headers);
     let result = handle(&state, route, &method, query, &headers, body).await;
+    // Answering with part of the body unread would reset the connection
+    // under a client still sending, losing the answer.
+    unread.drain().await;
     let mut resp = match result {
         Ok(r) => r,
         Err(e) => e.into_response(),
