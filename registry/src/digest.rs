@@ -252,6 +252,7 @@ impl fmt::Debug for Hasher {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const EMPTY_SHA256: &str =

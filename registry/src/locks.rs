@@ -58,6 +58,7 @@ impl Drop for KeyedGuard<'_> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 

@@ -348,6 +348,7 @@ pub fn accepts(accept_values: &[&str], stored_media_type: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use media_types::*;
 

@@ -158,6 +158,7 @@ impl fmt::Display for Reference {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

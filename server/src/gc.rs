@@ -29,7 +29,7 @@ pub async fn run(
             _ = ticker.tick() => {}
         }
         pass += 1;
-        let sweep = pass % u64::from(cfg.sweep_every) == 0;
+        let sweep = pass.is_multiple_of(u64::from(cfg.sweep_every));
         let started = Instant::now();
         match registry.collect_garbage(sweep).await {
             Ok(report) => {

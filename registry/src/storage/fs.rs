@@ -385,6 +385,7 @@ impl BlobStore for FsBlobStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use futures::stream;
 

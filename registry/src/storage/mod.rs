@@ -337,18 +337,18 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn upload_exists(&self, id: &str) -> Result<bool, StorageError>;
 }
 
+/// The two engines a registry runs on.
+pub type Engines = (
+    std::sync::Arc<dyn BlobStore>,
+    std::sync::Arc<dyn MetadataStore>,
+);
+
 /// Opens the embedded default engines (filesystem blobs, SQLite metadata)
 /// inside one data directory.
 pub fn open_embedded(
     data_dir: &std::path::Path,
     synchronous: sqlite::Synchronous,
-) -> Result<
-    (
-        std::sync::Arc<dyn BlobStore>,
-        std::sync::Arc<dyn MetadataStore>,
-    ),
-    StorageError,
-> {
+) -> Result<Engines, StorageError> {
     std::fs::create_dir_all(data_dir)?;
     let blobs = fs::FsBlobStore::open(data_dir.join("store"))?;
     let meta = sqlite::SqliteMetadata::open(data_dir.join("metadata.sqlite"), synchronous)?;

@@ -1,18 +1,12 @@
-//! The SQLite metadata store of the embedded default.
-//!
-//! One writer connection (SQLite serialises writers anyway; one connection
-//! avoids `SQLITE_BUSY` churn) and a small set of reader connections, which
-//! WAL mode lets run beside the writer. All calls run on tokio's blocking
-//! pool.
+//! The SQLite metadata store of the embedded default (connections through
+//! `sqlite-pool`: one writer, several readers, on tokio's blocking pool).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use rusqlite_migration::{M, Migrations};
+use sqlite_pool::rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sqlite_pool::{Pool, PoolError};
 
 use super::{
     MetadataGcReport, MetadataStore, Millis, NewManifest, PutManifestOutcome, Referrer,
@@ -121,18 +115,10 @@ pub enum Synchronous {
     Normal,
 }
 
-#[derive(Debug)]
-struct Inner {
-    path: PathBuf,
-    synchronous: Synchronous,
-    writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
-}
-
 /// SQLite-backed [`MetadataStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteMetadata {
-    inner: Arc<Inner>,
+    pool: Pool,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StorageError {
@@ -143,40 +129,21 @@ fn corrupt(e: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(e.to_string())
 }
 
-fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, StorageError> {
-    let conn = Connection::open(path).map_err(db_err)?;
-    let sync = match synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = {sync};
-         PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 10000;
-         PRAGMA cache_size = -4000;"
-    ))
-    .map_err(db_err)?;
-    Ok(conn)
+impl From<PoolError> for StorageError {
+    fn from(e: PoolError) -> Self {
+        StorageError::Database(e.to_string())
+    }
 }
-
-/// Most reader connections kept open for reuse.
-const MAX_IDLE_READERS: usize = 8;
 
 impl SqliteMetadata {
     /// Opens (creating and migrating if needed) the database at `path`.
     pub fn open(path: impl Into<PathBuf>, synchronous: Synchronous) -> Result<Self, StorageError> {
-        let path = path.into();
-        let mut writer = open_connection(&path, synchronous)?;
-        let migrations = Migrations::new(MIGRATIONS.iter().map(|m| M::up(m)).collect());
-        migrations.to_latest(&mut writer).map_err(db_err)?;
+        let sync = match synchronous {
+            Synchronous::Full => sqlite_pool::Synchronous::Full,
+            Synchronous::Normal => sqlite_pool::Synchronous::Normal,
+        };
         Ok(SqliteMetadata {
-            inner: Arc::new(Inner {
-                path,
-                synchronous,
-                writer: Mutex::new(writer),
-                readers: Mutex::new(Vec::new()),
-            }),
+            pool: Pool::open(path, sync, MIGRATIONS)?,
         })
     }
 
@@ -185,22 +152,7 @@ impl SqliteMetadata {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StorageError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.readers.lock().pop();
-            let conn = match conn {
-                Some(c) => c,
-                None => open_connection(&inner.path, inner.synchronous)?,
-            };
-            let out = f(&conn);
-            let mut idle = inner.readers.lock();
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
-            out
-        })
-        .await
-        .map_err(db_err)?
+        self.pool.read(f).await
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StorageError>
@@ -208,53 +160,7 @@ impl SqliteMetadata {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(db_err)?;
-            Ok(out)
-        })
-        .await
-        .map_err(db_err)?
-    }
-
-    /// Runs a write that must roll back when the closure reports a refusal
-    /// rather than an error (e.g. a manifest referencing a missing blob).
-    async fn write_or_rollback<T, F>(&self, f: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static + Committable,
-        F: FnOnce(&Transaction<'_>) -> Result<T, StorageError> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock();
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(db_err)?;
-            let out = f(&tx)?;
-            if out.should_commit() {
-                tx.commit().map_err(db_err)?;
-            } else {
-                tx.rollback().map_err(db_err)?;
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(db_err)?
-    }
-}
-
-trait Committable {
-    fn should_commit(&self) -> bool;
-}
-
-impl Committable for PutManifestOutcome {
-    fn should_commit(&self) -> bool {
-        *self == PutManifestOutcome::Stored
+        self.pool.write(f).await
     }
 }
 
@@ -599,7 +505,7 @@ impl MetadataStore for SqliteMetadata {
         let now = m.now;
         let size = to_i64(content.len() as u64)?;
         let content_size = to_i64(p.content_size)?;
-        self.write_or_rollback(move |tx| {
+        self.pool.write_if(move |tx| {
             let rid = ensure_repo(tx, &repo, now)?;
             {
                 let mut linked = tx
@@ -705,7 +611,9 @@ impl MetadataStore for SqliteMetadata {
             )
             .map_err(db_err)?;
             Ok(PutManifestOutcome::Stored)
-        })
+        },
+        // A refused manifest leaves nothing behind, not even its repository.
+        |outcome| *outcome == PutManifestOutcome::Stored)
         .await
     }
 

@@ -425,6 +425,7 @@ pub(super) async fn cancel_upload(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn h(name: header::HeaderName, v: &str) -> HeaderMap {

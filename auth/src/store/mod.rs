@@ -1,0 +1,105 @@
+//! Storage of the auth domain: the only code that knows the auth schema.
+//! [`AuthStore`] is the seam; [`sqlite::SqliteAuthStore`] is the embedded
+//! default (a database file in the data directory, beside the registry's).
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::model::{
+    Account, AccountId, AuditEvent, Credential, Millis, Node, Role, User, UserId, UserKind,
+};
+
+pub mod sqlite;
+
+/// A token signing key (ES256). Private keys live in the database, in the
+/// data directory, so that every replica signs and verifies alike.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    pub kid: String,
+    pub private_pem: String,
+    pub public_pem: String,
+    pub created_at: Millis,
+    /// After this instant the key no longer verifies anything.
+    pub retire_at: Option<Millis>,
+}
+
+/// The node certificate authority's certificate and key.
+#[derive(Debug, Clone)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub created_at: Millis,
+}
+
+/// Identities revoked recently enough that tokens issued to them may still
+/// be unexpired; the token verifier refuses them.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations {
+    pub credentials: Vec<String>,
+    pub nodes: Vec<String>,
+    pub users: Vec<UserId>,
+}
+
+/// Query of the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub account_id: Option<AccountId>,
+    pub since: Option<Millis>,
+    pub action: Option<String>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait AuthStore: Send + Sync + 'static {
+    // accounts and users
+    async fn create_account(&self, name: &str, namespace: &str, now: Millis) -> Result<Account>;
+    async fn account_by_name(&self, name: &str) -> Result<Option<Account>>;
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<Account>>;
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+    async fn create_user(
+        &self,
+        account_id: AccountId,
+        username: &str,
+        kind: UserKind,
+        role: Role,
+        password_hash: Option<&str>,
+        now: Millis,
+    ) -> Result<User>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<User>>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>>;
+    async fn list_users(&self, account_id: AccountId) -> Result<Vec<User>>;
+    async fn set_password(&self, id: UserId, password_hash: &str) -> Result<bool>;
+    async fn set_role(&self, id: UserId, role: Role) -> Result<bool>;
+    /// Disables a user and revokes its credentials.
+    async fn disable_user(&self, id: UserId, now: Millis) -> Result<bool>;
+
+    // credentials
+    async fn insert_credential(&self, c: &Credential) -> Result<()>;
+    async fn credential(&self, id: &str) -> Result<Option<Credential>>;
+    async fn list_credentials(&self, user_id: UserId) -> Result<Vec<Credential>>;
+    /// Revokes a credential and the refresh tokens issued from it.
+    async fn revoke_credential(&self, id: &str, now: Millis) -> Result<bool>;
+
+    // nodes
+    async fn insert_node(&self, n: &Node) -> Result<()>;
+    async fn node(&self, id: &str) -> Result<Option<Node>>;
+    async fn list_nodes(&self, account_id: AccountId) -> Result<Vec<Node>>;
+    async fn revoke_node(&self, id: &str, now: Millis) -> Result<bool>;
+
+    // revocation snapshot for token verification
+    /// A number that changes whenever revocations or signing keys change.
+    async fn revision(&self) -> Result<i64>;
+    async fn revocations(&self, since: Millis) -> Result<Revocations>;
+
+    // signing keys and the node CA
+    async fn signing_keys(&self) -> Result<Vec<SigningKey>>;
+    /// Adds a key and schedules every other key's retirement at `retire_others_at`.
+    async fn add_signing_key(&self, key: &SigningKey, retire_others_at: Millis) -> Result<()>;
+    async fn node_ca(&self) -> Result<Option<CaRecord>>;
+    /// Stores the CA unless one exists; returns the one in force.
+    async fn init_node_ca(&self, ca: &CaRecord) -> Result<CaRecord>;
+
+    // audit
+    async fn audit(&self, e: &AuditEvent) -> Result<()>;
+    async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
+}
