@@ -13,8 +13,8 @@ use crate::locks::KeyedLocks;
 use crate::manifest::{self, ManifestError};
 use crate::names::{Reference, RepoName, Tag};
 use crate::storage::{
-    BlobStore, ByteStream, MetadataStore, Millis, NewManifest, PutManifestOutcome, Referrer,
-    StorageError, StoredManifest, UploadRecord, WriteInterruption, now_millis,
+    BlobStore, ByteStream, MetadataStore, Millis, MountSource, NewManifest, PutManifestOutcome,
+    Referrer, StorageError, StoredManifest, UploadRecord, WriteInterruption, now_millis,
 };
 
 /// Tunables of the registry service.
@@ -255,14 +255,13 @@ impl Registry {
         }
     }
 
-    /// Links a blob of another repository (or, with `from = None`, any
-    /// repository) into `repo`. `None` when there is nothing to mount: the
-    /// client then uploads.
+    /// Links a blob held by `from` into `repo`. `None` when there is nothing
+    /// to mount: the client then uploads.
     pub async fn mount_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        from: Option<&RepoName>,
+        from: MountSource<'_>,
     ) -> Result<Option<u64>> {
         Ok(self
             .inner
@@ -479,8 +478,11 @@ impl Registry {
         has_record: bool,
     ) -> Result<()> {
         let _lock = self.inner.digests.lock(digest.as_str()).await;
-        let present = self.inner.blobs.size(digest).await? == Some(size)
-            && self.inner.meta.blob_size(digest).await? == Some(size);
+        // The blob file alone decides: it only ever appears by the rename of
+        // verified, fsynced content. Requiring the metadata row too made a
+        // retried PUT fail for good (500: staged data gone) after a crash
+        // between that rename and the row's insert (found by tests/crash.rs).
+        let present = self.inner.blobs.size(digest).await? == Some(size);
         if present {
             self.inner.blobs.upload_discard(id).await?;
         } else {
@@ -636,8 +638,19 @@ impl Registry {
             .ok_or(RegistryError::NameUnknown)
     }
 
-    pub async fn catalog(&self, last: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        Ok(self.inner.meta.list_repositories(last, limit).await?)
+    /// Repository names after `last`, at most `limit`, limited to
+    /// `<namespace>/…` when a namespace is given (an account sees only its own).
+    pub async fn catalog(
+        &self,
+        namespace: Option<&str>,
+        last: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .meta
+            .list_repositories(namespace, last, limit)
+            .await?)
     }
 
     pub async fn referrers(

@@ -150,7 +150,7 @@ async fn untagged_content_is_reclaimed() {
     // A second pass finds nothing left, and the emptied repository is gone.
     let again = r.collect_garbage(true).await.unwrap();
     assert_eq!((again.blobs, again.orphans), (0, 0), "{again:?}");
-    assert!(r.catalog(None, 100).await.unwrap().is_empty());
+    assert!(r.catalog(None, None, 100).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -347,10 +347,14 @@ async fn gc_never_races_concurrent_pushes() {
                 // Mount the base layer into a second repository and push there too.
                 let other = repo(&format!("acme/m{worker}"));
                 let base = Digest::sha256_of(shared);
-                if r.mount_blob(&other, &base, Some(&name))
-                    .await
-                    .unwrap()
-                    .is_none()
+                if r.mount_blob(
+                    &other,
+                    &base,
+                    registry::storage::MountSource::Repository(&name),
+                )
+                .await
+                .unwrap()
+                .is_none()
                 {
                     panic!("mount of a blob just referenced failed");
                 }

@@ -23,8 +23,68 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub gc: GcConfig,
+    pub auth: AuthSection,
+    pub tls: TlsSection,
+    pub nodes: NodesSection,
+    /// Unix socket for operator actions (`berth-server admin gc`), mode 0600.
+    /// Default `<data_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
     /// How long in-flight requests may run on after SIGTERM. Default 30.
     pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Require authentication (Docker token auth). Default true. When
+    /// false every request is allowed, and the server listens on loopback only.
+    pub enabled: bool,
+    /// The URL clients reach this server at, e.g. `https://registry.example.com`;
+    /// the token realm is `<public_url>/auth/token`. Default: derived from
+    /// each request's Host header.
+    pub public_url: Option<String>,
+    /// Service name in challenges and token audiences. Default `berth-registry`.
+    pub service: String,
+    /// Issuer of tokens. Default `berth`.
+    pub issuer: String,
+    /// Lifetime of user and robot tokens, seconds. Default 300.
+    pub token_ttl_secs: u64,
+    /// Lifetime of node tokens, seconds. Default 600.
+    pub node_token_ttl_secs: u64,
+    /// Longest (and default) lifetime of a login credential, seconds. Default 86400.
+    pub login_credential_ttl_secs: u64,
+    /// Failed logins per user or per source address before refusing. Default 10.
+    pub max_failed_logins: u32,
+    /// Window of that count, seconds. Default 300.
+    pub failed_login_window_secs: u64,
+    /// How often revocations and keys changed elsewhere (CLI, other
+    /// replicas) are picked up, milliseconds. Default 1000.
+    pub refresh_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain for the main listener.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key for the main listener.
+    pub key_file: Option<PathBuf>,
+    /// Without files, generate a self-signed pair (kept in the data
+    /// directory) for local use. Default false.
+    pub self_signed: bool,
+    /// Names (DNS or IP) put in generated certificates: the self-signed
+    /// one and the node endpoint's. Default `localhost`, `127.0.0.1`.
+    pub names: Vec<String>,
+    /// Allow plain HTTP on a non-loopback address. Default false.
+    pub insecure_plain_http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesSection {
+    /// Address of the node endpoint: TLS requiring a client certificate of
+    /// Berth's node CA (node-auth tokens). Unset: no node endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -105,6 +165,27 @@ impl Default for Config {
                 upload_ttl_secs: 86_400,
                 sweep_every: 6,
             },
+            auth: AuthSection {
+                enabled: true,
+                public_url: None,
+                service: "berth-registry".into(),
+                issuer: "berth".into(),
+                token_ttl_secs: 300,
+                node_token_ttl_secs: 600,
+                login_credential_ttl_secs: 86_400,
+                max_failed_logins: 10,
+                failed_login_window_secs: 300,
+                refresh_interval_ms: 1000,
+            },
+            tls: TlsSection {
+                cert_file: None,
+                key_file: None,
+                self_signed: false,
+                names: vec!["localhost".into(), "127.0.0.1".into()],
+                insecure_plain_http: false,
+            },
+            nodes: NodesSection { listen: None },
+            admin_socket: None,
             shutdown_timeout_secs: 30,
         }
     }
@@ -186,6 +267,52 @@ impl Config {
         if self.gc.sweep_every == 0 {
             problems.push("gc.sweep_every must be positive".into());
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push("tls.cert_file and tls.key_file go together".into());
+        }
+        if self.tls.cert_file.is_some() && self.tls.self_signed {
+            problems.push("tls.self_signed conflicts with tls.cert_file".into());
+        }
+        if self.tls.names.is_empty() {
+            problems.push("tls.names must not be empty".into());
+        }
+        if self.auth.enabled {
+            if self.auth.token_ttl_secs == 0 || self.auth.node_token_ttl_secs == 0 {
+                problems.push("auth token lifetimes must be positive".into());
+            }
+            if self.auth.login_credential_ttl_secs == 0 {
+                problems.push("auth.login_credential_ttl_secs must be positive".into());
+            }
+            if self.auth.service.is_empty() || self.auth.issuer.is_empty() {
+                problems.push("auth.service and auth.issuer must not be empty".into());
+            }
+            if let Some(u) = &self.auth.public_url
+                && !(u.starts_with("https://") || u.starts_with("http://"))
+            {
+                problems.push(format!(
+                    "auth.public_url {u:?} must start with https:// or http://"
+                ));
+            }
+        }
+        if !self.auth.enabled && self.nodes.listen.is_some() {
+            problems.push("nodes.listen needs auth.enabled".into());
+        }
+        if !self.auth.enabled && !self.listen.ip().is_loopback() {
+            problems.push(format!(
+                "listen {} is not loopback: without authentication berth-server serves loopback only",
+                self.listen
+            ));
+        }
+        if self.auth.enabled
+            && !self.listen.ip().is_loopback()
+            && !self.tls_enabled()
+            && !self.tls.insecure_plain_http
+        {
+            problems.push(format!(
+                "listen {} is not loopback: configure tls (cert_file/key_file or self_signed) or set tls.insecure_plain_http",
+                self.listen
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!("log.level {:?}: {e}", self.log.level));
         }
@@ -193,6 +320,31 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError(problems))
+        }
+    }
+
+    /// Whether the main listener speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.cert_file.is_some() || self.tls.self_signed
+    }
+
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.admin_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    pub fn auth_config(&self) -> auth::AuthConfig {
+        let a = &self.auth;
+        auth::AuthConfig {
+            issuer: a.issuer.clone(),
+            service: a.service.clone(),
+            token_ttl: Duration::from_secs(a.token_ttl_secs),
+            node_token_ttl: Duration::from_secs(a.node_token_ttl_secs),
+            login_credential_ttl: Duration::from_secs(a.login_credential_ttl_secs),
+            max_failed_logins: a.max_failed_logins,
+            failed_login_window: Duration::from_secs(a.failed_login_window_secs),
+            ..auth::AuthConfig::default()
         }
     }
 

@@ -1,26 +1,30 @@
 //! berth-server as a library: configuration, the HTTP edge and the serve
 //! loop. `main.rs` only parses arguments, sets up logging and binds.
 //!
-//! Data flows one way: HTTP edge ([`http`]) → registry service
-//! ([`registry::Registry`]) → storage. Nothing here knows the blob layout
-//! or the SQL schema.
+//! Data flows one way: HTTP edge ([`http`]) → services ([`registry::Registry`],
+//! [`auth::AuthService`]) → storage. Nothing here knows the blob layout or a
+//! SQL schema.
 
 pub mod auth;
 pub mod config;
 pub mod gc;
 pub mod http;
 pub mod metrics;
+pub mod serve;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::auth::AuthService;
 use registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Authorizer, OpenAccess};
+use crate::auth::{Authorizer, BearerAuthorizer, OpenAccess};
 use crate::config::Config;
 use crate::http::AppState;
+use crate::http::token::TokenState;
 use crate::metrics::Metrics;
 
 /// Why the server could not start or stopped abnormally.
@@ -31,18 +35,36 @@ pub enum ServeError {
         dir: std::path::PathBuf,
         source: registry::storage::StorageError,
     },
+    #[error("opening the auth store: {0}")]
+    Auth(#[from] ::auth::AuthError),
     #[error(
         "refusing to listen on {0}: without authentication berth-server serves loopback addresses only"
     )]
     NotLoopback(std::net::SocketAddr),
-    #[error("serving: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] serve::TlsError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let context = context.into();
+    move |source| ServeError::Io { context, source }
 }
 
 /// Everything a running server is made of, built from a configuration.
 pub struct App {
+    /// Registry, Berth API, token endpoint, metrics.
     pub router: axum::Router,
+    /// The node endpoint (node-auth); present when auth is enabled.
+    pub node_router: Option<axum::Router>,
+    /// Operator actions, served on the admin socket.
+    pub admin_router: axum::Router,
     pub registry: Registry,
+    pub auth: Option<AuthService>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -53,8 +75,8 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Opens the embedded store in `cfg.data_dir` and builds the router.
-    pub fn build(cfg: &Config) -> Result<App, ServeError> {
+    /// Opens the embedded stores in `cfg.data_dir` and builds the routers.
+    pub async fn build(cfg: &Config) -> Result<App, ServeError> {
         let (blobs, meta) = registry::storage::open_embedded(&cfg.data_dir, cfg.storage.sync)
             .map_err(|source| ServeError::Storage {
                 dir: cfg.data_dir.clone(),
@@ -62,65 +84,202 @@ impl App {
             })?;
         let registry = Registry::new(blobs, meta, cfg.registry_config());
         let metrics = Arc::new(Metrics::new());
-        let auth: Arc<dyn Authorizer> = Arc::new(OpenAccess);
+        let auth = if cfg.auth.enabled {
+            Some(AuthService::open(::auth::open_embedded(&cfg.data_dir)?, cfg.auth_config()).await?)
+        } else {
+            None
+        };
+        let authorizer: Arc<dyn Authorizer> = match &auth {
+            Some(a) => Arc::new(BearerAuthorizer::new(
+                a.clone(),
+                cfg.auth.public_url.clone(),
+            )),
+            None => Arc::new(OpenAccess),
+        };
         let state = AppState {
             registry: registry.clone(),
-            auth,
+            auth: authorizer,
             metrics: metrics.clone(),
             max_page: cfg.limits.max_page_entries,
+            audit: auth.clone(),
+        };
+        let tokens = auth.clone().map(|auth| TokenState { auth });
+        let admin_state = AppState {
+            auth: Arc::new(OpenAccess),
+            ..state.clone()
         };
         Ok(App {
-            router: http::router(state, cfg.limits.max_concurrent_requests),
+            router: http::router(state, tokens.clone(), cfg.limits.max_concurrent_requests),
+            node_router: tokens.map(|t| http::node_router(t, metrics.clone())),
+            admin_router: http::admin_router(admin_state),
             registry,
+            auth,
             metrics,
         })
     }
 }
 
-/// Serves `cfg` on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish for up to `shutdown_timeout_secs`.
+/// The sockets a server serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub main: TcpListener,
+    /// The node endpoint (mTLS); needs auth enabled.
+    pub node: Option<TcpListener>,
+}
+
+/// Serves `cfg` on `listener` (no node endpoint) until `shutdown`.
 pub async fn run(
     cfg: &Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    let local = listener.local_addr()?;
-    if !local.ip().is_loopback() {
+    run_with(
+        cfg,
+        Listeners {
+            main: listener,
+            node: None,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// The main listener's TLS: configured files, a self-signed pair kept in
+/// the data directory, or none (plain HTTP).
+fn main_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
+    if let (Some(cert), Some(key)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
+        let cert =
+            std::fs::read_to_string(cert).map_err(io_err(format!("reading {}", cert.display())))?;
+        let key =
+            std::fs::read_to_string(key).map_err(io_err(format!("reading {}", key.display())))?;
+        return Ok(Some(serve::server_config(&cert, &key, None)?));
+    }
+    if !cfg.tls.self_signed {
+        return Ok(None);
+    }
+    let dir = cfg.data_dir.join("tls");
+    let (cert_path, key_path) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
+    if !cert_path.exists() || !key_path.exists() {
+        let (cert, key) = AuthService::self_signed_server_certificate(&cfg.tls.names)?;
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        write_private(&key_path, &key)?;
+        std::fs::write(&cert_path, cert)
+            .map_err(io_err(format!("writing {}", cert_path.display())))?;
+        tracing::info!(certificate = %cert_path.display(), "generated a self-signed TLS certificate");
+    }
+    let cert = std::fs::read_to_string(&cert_path)
+        .map_err(io_err(format!("reading {}", cert_path.display())))?;
+    let key = std::fs::read_to_string(&key_path)
+        .map_err(io_err(format!("reading {}", key_path.display())))?;
+    Ok(Some(serve::server_config(&cert, &key, None)?))
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> Result<(), ServeError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(format!("writing {}", path.display())))?;
+    f.write_all(contents.as_bytes())
+        .map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Serves everything until `shutdown` is cancelled, then lets in-flight
+/// requests finish for up to `shutdown_timeout_secs`.
+pub async fn run_with(
+    cfg: &Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let local = listeners
+        .main
+        .local_addr()
+        .map_err(io_err("reading the bound address"))?;
+    if !cfg.auth.enabled && !local.ip().is_loopback() {
         return Err(ServeError::NotLoopback(local));
     }
-    let app = App::build(cfg)?;
-    let gc_task = cfg.gc.enabled.then(|| {
-        tokio::spawn(gc::run(
+    let app = App::build(cfg).await?;
+    let tls = main_tls(cfg)?;
+    let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if cfg.gc.enabled {
+        tasks.spawn(gc::run(
             app.registry.clone(),
             cfg.gc.clone(),
             app.metrics.clone(),
             shutdown.child_token(),
-        ))
-    });
-    tracing::info!(address = %local, data_dir = %cfg.data_dir.display(), "berth-server listening");
-    let server = axum::serve(listener, app.router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
-    let result = tokio::select! {
-        r = &mut server => r,
-        _ = shutdown.cancelled() => {
-            tracing::info!("shutting down: waiting for in-flight requests");
-            match tokio::time::timeout(Duration::from_secs(cfg.shutdown_timeout_secs), &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("in-flight requests did not finish in time; closing them");
-                    server.abort();
-                    Ok(Ok(()))
+        ));
+    }
+    if let Some(auth) = app.auth.clone() {
+        let every = Duration::from_millis(cfg.auth.refresh_interval_ms.max(100));
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = auth.refresh().await {
+                    tracing::warn!(error = %e, "reloading revocations and keys failed");
                 }
             }
+        });
+    }
+    if let (Some(listener), Some(router), Some(auth)) =
+        (listeners.node, app.node_router.clone(), &app.auth)
+    {
+        let (cert, key) = auth.node_endpoint_certificate(&cfg.tls.names)?;
+        let node_tls = serve::server_config(&cert, &key, Some(auth.node_ca_pem()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io_err("reading the node endpoint address"))?;
+        tracing::info!(address = %addr, "node endpoint listening (mTLS)");
+        tasks.spawn(serve::serve(
+            listener,
+            router,
+            Some(node_tls),
+            shutdown.child_token(),
+            grace,
+        ));
+    }
+    let socket = cfg.admin_socket_path();
+    match serve::bind_unix(&socket) {
+        Ok(l) => {
+            tasks.spawn(serve::serve_unix(
+                l,
+                app.admin_router.clone(),
+                shutdown.child_token(),
+            ));
         }
-    };
-    if let Some(t) = gc_task {
-        t.abort();
+        // The registry still works without it; the operator loses `admin gc`.
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "admin socket unavailable")
+        }
     }
-    match result {
-        Ok(r) => r.map_err(ServeError::Io),
-        Err(join) => Err(ServeError::Io(std::io::Error::other(join))),
+
+    tracing::info!(
+        address = %local,
+        tls = tls.is_some(),
+        auth = cfg.auth.enabled,
+        data_dir = %cfg.data_dir.display(),
+        "berth-server listening"
+    );
+    serve::serve(listeners.main, app.router, tls, shutdown.clone(), grace).await;
+    shutdown.cancel();
+    // Background tasks stop at the cancellation; the node endpoint drains
+    // its connections within the same grace.
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
     }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
 }

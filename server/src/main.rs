@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use server::config::{Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 
+mod cli;
+
 /// Berth's private container registry for fleets of edge appliances.
 ///
 /// Configuration comes from defaults, then the file given with --config,
@@ -31,6 +33,20 @@ enum Command {
         /// useful with --listen 127.0.0.1:0.
         #[arg(long, value_name = "FILE")]
         addr_file: Option<PathBuf>,
+        /// Write the node endpoint's bound address to this file.
+        #[arg(long, value_name = "FILE")]
+        node_addr_file: Option<PathBuf>,
+    },
+    /// Operator commands: accounts, users, robots, credentials, nodes,
+    /// signing keys, the audit log, garbage collection. Run them on the
+    /// machine holding the data directory.
+    Admin {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        opts: cli::AdminOpts,
+        #[command(subcommand)]
+        command: cli::Admin,
     },
     /// Check the configuration and report every problem, then exit
     /// (0 when valid). Suitable for systemd's ExecStartPre.
@@ -107,21 +123,51 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
-async fn serve(common: Common, addr_file: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    common: Common,
+    addr_file: Option<PathBuf>,
+    node_addr_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let cfg = common.load()?;
     init_logging(&cfg);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
-    let local = listener.local_addr()?;
+    let node = match cfg.nodes.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the node endpoint {addr}"))?,
+        ),
+        None => None,
+    };
+    if let (Some(path), Some(l)) = (node_addr_file, &node) {
+        write_addr_file(&path, l.local_addr()?)?;
+    }
+    // Last: the address file tells watchers the server is ready to start.
     if let Some(path) = addr_file {
-        write_addr_file(&path, local)?;
+        write_addr_file(&path, listener.local_addr()?)?;
     }
     let token = CancellationToken::new();
     tokio::spawn(shutdown_signal(token.clone()));
-    server::run(&cfg, listener, token).await?;
+    server::run_with(
+        &cfg,
+        server::Listeners {
+            main: listener,
+            node,
+        },
+        token,
+    )
+    .await?;
     tracing::info!("berth-server stopped");
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,11 +181,19 @@ fn main() -> std::process::ExitCode {
             }
             Ok(())
         }),
-        Command::Serve { common, addr_file } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(serve(common, addr_file))),
+        Command::Serve {
+            common,
+            addr_file,
+            node_addr_file,
+        } => runtime().and_then(|rt| rt.block_on(serve(common, addr_file, node_addr_file))),
+        Command::Admin {
+            common,
+            opts,
+            command,
+        } => common.load().and_then(|cfg| {
+            let rt = runtime()?;
+            rt.block_on(cli::run(&cfg, command, opts))
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -15,15 +15,16 @@ struct Harness {
     app: App,
 }
 
-fn harness() -> Harness {
+async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
     cfg.gc.grace_secs = 0;
+    cfg.auth.enabled = false;
     Harness {
-        app: App::build(&cfg).unwrap(),
+        app: App::build(&cfg).await.unwrap(),
         _dir: dir,
     }
 }
@@ -134,7 +135,7 @@ fn manifest(config: &str, layer: &str, layer_size: usize) -> String {
 
 #[tokio::test]
 async fn version_check_answers_with_api_header() {
-    let h = harness();
+    let h = harness().await;
     for uri in ["/v2/", "/v2"] {
         let r = h.get(uri).await;
         assert_eq!(r.status, StatusCode::OK);
@@ -146,7 +147,7 @@ async fn version_check_answers_with_api_header() {
 
 #[tokio::test]
 async fn unknown_endpoints_and_methods_answer_oci_errors() {
-    let h = harness();
+    let h = harness().await;
     let r = h.get("/v2/acme/app/nonsense/x").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "UNSUPPORTED");
@@ -160,7 +161,7 @@ async fn unknown_endpoints_and_methods_answer_oci_errors() {
 
 #[tokio::test]
 async fn push_then_pull_by_tag_and_digest() {
-    let h = harness();
+    let h = harness().await;
     let cfg = h.push_blob("acme/app", b"{}").await;
     let layer = h.push_blob("acme/app", b"layer bytes").await;
     let body = manifest(&cfg, &layer, 11);
@@ -205,7 +206,7 @@ async fn push_then_pull_by_tag_and_digest() {
 
 #[tokio::test]
 async fn blob_reads_support_ranges_and_head() {
-    let h = harness();
+    let h = harness().await;
     let data: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     let d = h.push_blob("acme/app", &data).await;
     let r = h.get(&format!("/v2/acme/app/blobs/{d}")).await;
@@ -256,7 +257,7 @@ async fn blob_reads_support_ranges_and_head() {
 
 #[tokio::test]
 async fn chunked_upload_reports_progress_and_refuses_gaps() {
-    let h = harness();
+    let h = harness().await;
     let r = h
         .send(Method::POST, "/v2/acme/app/blobs/uploads/", &[], vec![])
         .await;
@@ -314,7 +315,7 @@ async fn chunked_upload_reports_progress_and_refuses_gaps() {
 
 #[tokio::test]
 async fn tags_and_catalog_page_with_links() {
-    let h = harness();
+    let h = harness().await;
     let cfg = h.push_blob("acme/app", b"{}").await;
     let layer = h.push_blob("acme/app", b"x").await;
     let body = manifest(&cfg, &layer, 1);
@@ -352,7 +353,7 @@ async fn tags_and_catalog_page_with_links() {
 
 #[tokio::test]
 async fn berth_api_deletes_repositories_and_runs_gc() {
-    let h = harness();
+    let h = harness().await;
     let cfg = h.push_blob("acme/app", b"{}").await;
     let layer = h.push_blob("acme/app", b"payload").await;
     assert_eq!(
@@ -383,7 +384,7 @@ async fn berth_api_deletes_repositories_and_runs_gc() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_bytes() {
-    let h = harness();
+    let h = harness().await;
     h.push_blob("acme/app", b"0123456789").await;
     h.get("/v2/acme/app/manifests/missing").await;
     let r = h.get("/metrics").await;

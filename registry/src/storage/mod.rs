@@ -121,6 +121,16 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn list_uploads(&self) -> Result<Vec<(String, SystemTime)>, StorageError>;
 }
 
+/// Where a cross-repository mount may take a blob from.
+#[derive(Debug, Clone, Copy)]
+pub enum MountSource<'a> {
+    /// The named repository (`?from=`).
+    Repository(&'a RepoName),
+    /// Any repository under `<namespace>/` (an anonymous mount within one
+    /// account), or any repository at all when `namespace` is `None`.
+    Anywhere { namespace: Option<&'a str> },
+}
+
 /// An upload session as the metadata store keeps it.
 #[derive(Debug, Clone)]
 pub struct UploadRecord {
@@ -211,14 +221,13 @@ pub trait MetadataStore: Send + Sync + 'static {
         now: Millis,
     ) -> Result<(), StorageError>;
 
-    /// Links an existing blob to `repo` if it is linked to `from` (or to any
-    /// repository when `from` is `None`). Returns its size, or `None` when
-    /// there was nothing to mount.
+    /// Links an existing blob to `repo` if `from` holds it. Returns its
+    /// size, or `None` when there was nothing to mount.
     async fn mount_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        from: Option<&RepoName>,
+        from: MountSource<'_>,
         now: Millis,
     ) -> Result<Option<u64>, StorageError>;
 
@@ -292,9 +301,11 @@ pub trait MetadataStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Option<Vec<String>>, StorageError>;
 
-    /// Repository names after `last` in lexical order, at most `limit`.
+    /// Repository names after `last` in lexical order, at most `limit`; only
+    /// those under `<namespace>/` when a namespace is given.
     async fn list_repositories(
         &self,
+        namespace: Option<&str>,
         last: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StorageError>;

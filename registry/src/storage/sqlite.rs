@@ -9,8 +9,8 @@ use sqlite_pool::rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sqlite_pool::{Pool, PoolError};
 
 use super::{
-    MetadataGcReport, MetadataStore, Millis, NewManifest, PutManifestOutcome, Referrer,
-    StorageError, StoredManifest, UploadRecord,
+    MetadataGcReport, MetadataStore, Millis, MountSource, NewManifest, PutManifestOutcome,
+    Referrer, StorageError, StoredManifest, UploadRecord,
 };
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
@@ -283,11 +283,14 @@ impl MetadataStore for SqliteMetadata {
         &self,
         repo: &RepoName,
         digest: &Digest,
-        from: Option<&RepoName>,
+        from: MountSource<'_>,
         now: Millis,
     ) -> Result<Option<u64>, StorageError> {
         let (repo, digest) = (repo.as_str().to_owned(), digest.as_str().to_owned());
-        let from = from.map(|f| f.as_str().to_owned());
+        let (from, namespace) = match from {
+            MountSource::Repository(r) => (Some(r.as_str().to_owned()), None),
+            MountSource::Anywhere { namespace } => (None, namespace.map(str::to_owned)),
+        };
         self.write(move |tx| {
             let size: Option<i64> = match &from {
                 Some(from) => tx
@@ -303,8 +306,11 @@ impl MetadataStore for SqliteMetadata {
                 None => tx
                     .query_row(
                         "SELECT b.size FROM blobs b WHERE b.digest = ?1
-                         AND EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
-                        params![digest],
+                         AND EXISTS (SELECT 1 FROM repository_blobs rb
+                                     JOIN repositories r ON r.id = rb.repository_id
+                                     WHERE rb.digest = b.digest AND (?2 IS NULL
+                                       OR (r.name >= ?2 || '/' AND r.name < ?2 || '0')))",
+                        params![digest, namespace],
                         |r| r.get(0),
                     )
                     .optional(),
@@ -683,19 +689,25 @@ impl MetadataStore for SqliteMetadata {
 
     async fn list_repositories(
         &self,
+        namespace: Option<&str>,
         last: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StorageError> {
         let last = last.unwrap_or("").to_owned();
+        let namespace = namespace.map(str::to_owned);
         let limit = limit as i64;
         self.read(move |c| {
+            // '/' < '0' in byte order: names in a namespace sort between
+            // "<ns>/" and "<ns>0", so the range scan uses the unique index.
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT name FROM repositories WHERE name > ?1 ORDER BY name LIMIT ?2",
+                    "SELECT name FROM repositories WHERE name > ?1
+                       AND (?3 IS NULL OR (name >= ?3 || '/' AND name < ?3 || '0'))
+                     ORDER BY name LIMIT ?2",
                 )
                 .map_err(db_err)?;
             let names = stmt
-                .query_map(params![last, limit], |r| r.get(0))
+                .query_map(params![last, limit, namespace], |r| r.get(0))
                 .map_err(db_err)?
                 .collect::<Result<Vec<String>, _>>()
                 .map_err(db_err)?;

@@ -3,14 +3,18 @@
 //!
 //! Errors here are `{"error": {"code", "message"}}` with an HTTP status.
 
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 use registry::{RegistryError, RepoName};
 use serde_json::json;
 
 use super::{AppState, RouteLabel};
-use crate::auth::{Action, Scope};
+use crate::auth::{Action, RequestMeta, Scope};
+use crate::serve::Secure;
 
 fn api_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
     (
@@ -30,23 +34,32 @@ fn labelled(mut resp: Response) -> Response {
 /// references. 204 on success, 404 if the repository does not exist.
 pub async fn delete_repository(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    secure: Option<Extension<Secure>>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
+    let req = RequestMeta {
+        headers: &headers,
+        peer: peer.map(|p| p.0.0),
+        secure: secure.is_some_and(|s| s.0.0),
+    };
     let name = match RepoName::parse(&name) {
         Ok(n) => n,
         Err(e) => return labelled(api_error(StatusCode::BAD_REQUEST, "NAME_INVALID", e)),
     };
-    if let Err(e) = state
+    let principal = match state
         .auth
-        .authorize(&headers, Scope::repository(&name, &[Action::Delete]))
+        .authorize(&req, Scope::repository(&name, &[Action::Delete]))
         .await
     {
-        return labelled(e.into_response());
-    }
+        Ok(p) => p,
+        Err(e) => return labelled(e.into_response()),
+    };
     let resp = match state.registry.delete_repository(&name).await {
         Ok(()) => {
             tracing::info!(repository = %name, "repository deleted");
+            state.audit(&principal, &req, "delete", format!("repository {name}"));
             StatusCode::NO_CONTENT.into_response()
         }
         Err(RegistryError::NameUnknown) => api_error(
@@ -68,8 +81,17 @@ pub async fn delete_repository(
 
 /// `POST /api/v1/gc`: runs one garbage collection pass now (with the blob
 /// store sweep) and answers with what it reclaimed.
-pub async fn collect_garbage(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(e) = state.auth.authorize(&headers, Scope::Admin).await {
+pub async fn collect_garbage(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let req = RequestMeta {
+        headers: &headers,
+        peer: peer.map(|p| p.0.0),
+        secure: false,
+    };
+    if let Err(e) = state.auth.authorize(&req, Scope::Admin).await {
         return labelled(e.into_response());
     }
     let started = std::time::Instant::now();

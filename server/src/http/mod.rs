@@ -5,6 +5,7 @@
 pub mod api;
 pub mod headers;
 pub mod oci;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Principal, RequestMeta};
 use crate::metrics::{self, Metrics};
 
 /// Shared state of every handler.
@@ -35,6 +36,28 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Most entries in one tag-list or catalog page.
     pub max_page: usize,
+    /// Where pushes and deletes are audited (when accounts are on).
+    pub audit: Option<auth::AuthService>,
+}
+
+impl AppState {
+    /// Records a push or delete in the audit log, off the request path.
+    pub fn audit(&self, who: &Principal, req: &RequestMeta<'_>, action: &str, target: String) {
+        let Some(audit) = self.audit.clone() else {
+            return;
+        };
+        let event = auth::model::AuditEvent {
+            at: auth::service::now_millis(),
+            account_id: who.account_id,
+            actor: who.subject.clone(),
+            action: action.to_owned(),
+            target: Some(target),
+            source: req.source(),
+            outcome: "ok".into(),
+            detail: None,
+        };
+        tokio::spawn(async move { audit.audit(event).await });
+    }
 }
 
 /// Set by handlers on their response: the route kind, for metrics.
@@ -55,11 +78,22 @@ fn request_span(req: &Request) -> tracing::Span {
     )
 }
 
-/// Builds the application with every route and layer.
-pub fn router(state: AppState, max_concurrent_requests: usize) -> Router {
+/// Builds the application with every route and layer; `tokens` adds the
+/// token endpoint (when accounts are on).
+pub fn router(
+    state: AppState,
+    tokens: Option<token::TokenState>,
+    max_concurrent_requests: usize,
+) -> Router {
     let metrics_state = state.metrics.clone();
-    let x_request_id = http::HeaderName::from_static("x-request-id");
-    Router::new()
+    let mut app = Router::new();
+    if let Some(t) = tokens {
+        app = app.route(
+            "/auth/token",
+            get(token::get_token).post(token::post_token).with_state(t),
+        );
+    }
+    let app = app
         .route("/v2/", get(oci::base).head(oci::base))
         .route("/v2", get(oci::base).head(oci::base))
         .route("/v2/{*path}", any(oci::dispatch))
@@ -73,28 +107,52 @@ pub fn router(state: AppState, max_concurrent_requests: usize) -> Router {
             "/metrics",
             get(metrics::serve).with_state(metrics_state.clone()),
         )
+        .with_state(state);
+    layered(app, metrics_state, max_concurrent_requests)
+}
+
+/// The node endpoint: node-auth tokens for a client certificate.
+pub fn node_router(tokens: token::TokenState, metrics: Arc<Metrics>) -> Router {
+    let app = Router::new()
+        .route("/auth/node-token", get(token::node_token))
+        .route("/healthz", get(api::health))
+        .with_state(tokens);
+    layered(app, metrics, 1024)
+}
+
+/// Operator actions on the admin socket (no authentication: the socket's
+/// permissions are the access control).
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/gc", axum::routing::post(api::collect_garbage))
+        .route("/healthz", get(api::health))
         .with_state(state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::new(
-                    x_request_id.clone(),
-                    MakeRequestUuid,
-                ))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
-                )
-                .layer(PropagateRequestIdLayer::new(x_request_id))
-                .layer(middleware::from_fn_with_state(
-                    metrics_state,
-                    metrics::track,
-                ))
-                .layer(CatchPanicLayer::new())
-                .layer(SetResponseHeaderLayer::overriding(
-                    headers::DOCKER_DISTRIBUTION_API_VERSION,
-                    HeaderValue::from_static("registry/2.0"),
-                ))
-                .layer(ConcurrencyLimitLayer::new(max_concurrent_requests)),
-        )
+}
+
+/// The layers every request passes through.
+fn layered(app: Router, metrics_state: Arc<Metrics>, max_concurrent_requests: usize) -> Router {
+    let x_request_id = http::HeaderName::from_static("x-request-id");
+    app.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(
+                x_request_id.clone(),
+                MakeRequestUuid,
+            ))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+            )
+            .layer(PropagateRequestIdLayer::new(x_request_id))
+            .layer(middleware::from_fn_with_state(
+                metrics_state,
+                metrics::track,
+            ))
+            .layer(CatchPanicLayer::new())
+            .layer(SetResponseHeaderLayer::overriding(
+                headers::DOCKER_DISTRIBUTION_API_VERSION,
+                HeaderValue::from_static("registry/2.0"),
+            ))
+            .layer(ConcurrencyLimitLayer::new(max_concurrent_requests)),
+    )
 }

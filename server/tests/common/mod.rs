@@ -71,6 +71,8 @@ impl Server {
             ..Default::default()
         };
         cfg.gc.enabled = false;
+        // Open access: these suites test the registry protocol.
+        cfg.auth.enabled = false;
         cfg.shutdown_timeout_secs = 5;
         // Durability is not under test here; skip the fsync of every commit.
         cfg.storage.sync = registry::storage::sqlite::Synchronous::Normal;

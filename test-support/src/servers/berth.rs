@@ -291,6 +291,10 @@ impl BerthServer {
             // colours (tracing-subscriber honours NO_COLOR). Callers may
             // override it.
             .env("NO_COLOR", "1")
+            // Open access unless a test turns accounts on
+            // (`.env("BERTH_AUTH__ENABLED", "true")`): most tests exercise
+            // the registry, not authentication.
+            .env("BERTH_AUTH__ENABLED", "false")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         let (out, err) = self

@@ -7,12 +7,11 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use registry::storage::ByteStream;
-use registry::{Algorithm, ByteRange, Digest, RegistryError, RepoName};
+use registry::{Algorithm, ByteRange, ByteStream, Digest, MountSource, RegistryError, RepoName};
 
 use super::error::{OciError, OciResult};
 use super::{Query, repo_name};
-use crate::auth::{Action, Scope};
+use crate::auth::{Action, RequestMeta, Scope};
 use crate::http::AppState;
 use crate::http::headers::{DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
 
@@ -161,7 +160,7 @@ fn session_headers(err: OciError, name: &RepoName, id: &str, size: u64) -> OciEr
 
 pub(super) async fn get(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     digest: &str,
     head: bool,
@@ -169,7 +168,7 @@ pub(super) async fn get(
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Pull]))
+        .authorize(req, Scope::repository(&name, &[Action::Pull]))
         .await?;
     let digest = digest_param(digest)?;
     let mut h = HeaderMap::new();
@@ -184,7 +183,7 @@ pub(super) async fn get(
         insert(&mut h, header::CONTENT_LENGTH, &size.to_string());
         return Ok((StatusCode::OK, h).into_response());
     }
-    let range = parse_range(headers);
+    let range = parse_range(req.headers);
     let read = match state.registry.read_blob(&name, &digest, range).await {
         Ok(r) => r,
         Err(RegistryError::RangeNotSatisfiable { size }) => {
@@ -222,35 +221,33 @@ pub(super) async fn get(
 
 pub(super) async fn delete(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     digest: &str,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
-    state
+    let principal = state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Delete]))
+        .authorize(req, Scope::repository(&name, &[Action::Delete]))
         .await?;
     let digest = digest_param(digest)?;
     state.registry.delete_blob(&name, &digest).await?;
+    state.audit(&principal, req, "delete", format!("{name} blob {digest}"));
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }
 
 /// `POST /v2/<name>/blobs/uploads/`: mount, monolithic upload, or a new session.
 pub(super) async fn start_upload(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     q: &Query,
     body: Body,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
-    state
+    let principal = state
         .auth
-        .authorize(
-            headers,
-            Scope::repository(&name, &[Action::Pull, Action::Push]),
-        )
+        .authorize(req, Scope::repository(&name, &[Action::Pull, Action::Push]))
         .await?;
     if let Some(mount) = q.get("mount") {
         let digest = digest_param(mount)?;
@@ -258,15 +255,23 @@ pub(super) async fn start_upload(
         let may_read_source = match &from {
             Some(f) => state
                 .auth
-                .authorize(headers, Scope::repository(f, &[Action::Pull]))
+                .authorize(req, Scope::repository(f, &[Action::Pull]))
                 .await
                 .is_ok(),
             None => true,
         };
+        // Without `from`, only repositories of the caller's own namespace
+        // are searched: knowing a digest must not open another account's blob.
+        let source = match &from {
+            Some(f) => MountSource::Repository(f),
+            None => MountSource::Anywhere {
+                namespace: principal.namespace.as_deref(),
+            },
+        };
         if may_read_source
             && state
                 .registry
-                .mount_blob(&name, &digest, from.as_ref())
+                .mount_blob(&name, &digest, source)
                 .await?
                 .is_some()
         {
@@ -304,14 +309,14 @@ pub(super) async fn start_upload(
 
 pub(super) async fn upload_status(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     id: &str,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Push]))
+        .authorize(req, Scope::repository(&name, &[Action::Push]))
         .await?;
     let s = state.registry.upload_status(&name, id).await?;
     Ok(upload_accepted(
@@ -355,7 +360,7 @@ async fn chunk_range(
 
 pub(super) async fn patch_upload(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     id: &str,
     body: Body,
@@ -363,9 +368,9 @@ pub(super) async fn patch_upload(
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Push]))
+        .authorize(req, Scope::repository(&name, &[Action::Push]))
         .await?;
-    let range = chunk_range(state, headers, &name, id).await?;
+    let range = chunk_range(state, req.headers, &name, id).await?;
     let s = state
         .registry
         .upload_chunk(&name, id, range, body_stream(state, body))
@@ -376,7 +381,7 @@ pub(super) async fn patch_upload(
 
 pub(super) async fn put_upload(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     id: &str,
     q: &Query,
@@ -385,7 +390,7 @@ pub(super) async fn put_upload(
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Push]))
+        .authorize(req, Scope::repository(&name, &[Action::Push]))
         .await?;
     let digest = q
         .get("digest")
@@ -393,8 +398,8 @@ pub(super) async fn put_upload(
             OciError::digest_invalid("the digest query parameter is required to finish an upload")
         })
         .and_then(digest_param)?;
-    let range = chunk_range(state, headers, &name, id).await?;
-    let body = has_body(headers).then(|| body_stream(state, body));
+    let range = chunk_range(state, req.headers, &name, id).await?;
+    let body = has_body(req.headers).then(|| body_stream(state, body));
     let started = std::time::Instant::now();
     state
         .registry
@@ -410,14 +415,14 @@ pub(super) async fn put_upload(
 
 pub(super) async fn cancel_upload(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     id: &str,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Push]))
+        .authorize(req, Scope::repository(&name, &[Action::Push]))
         .await?;
     state.registry.cancel_upload(&name, id).await?;
     Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())

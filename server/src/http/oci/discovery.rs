@@ -2,14 +2,14 @@
 //! `Link`), and the referrers API.
 
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode, header};
+use http::{StatusCode, header};
 use registry::Digest;
 use registry::manifest::media_types::OCI_INDEX;
 use serde_json::{Map, Value, json};
 
 use super::error::{Code, OciError, OciResult};
 use super::{Query, repo_name};
-use crate::auth::{Action, Scope};
+use crate::auth::{Action, RequestMeta, Scope};
 use crate::http::AppState;
 use crate::http::headers::OCI_FILTERS_APPLIED;
 
@@ -66,14 +66,14 @@ fn paged_response(
 
 pub(super) async fn tags(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     q: &Query,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Pull]))
+        .authorize(req, Scope::repository(&name, &[Action::Pull]))
         .await?;
     let n = page_size(state, q)?;
     let tags = if n == 0 {
@@ -96,15 +96,19 @@ pub(super) async fn tags(
 
 pub(super) async fn catalog(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     q: &Query,
 ) -> OciResult<Response> {
-    state.auth.authorize(headers, Scope::Catalog).await?;
+    let principal = state.auth.authorize(req, Scope::Catalog).await?;
     let n = page_size(state, q)?;
     let repos = if n == 0 {
         Vec::new()
     } else {
-        state.registry.catalog(q.get("last"), n + 1).await?
+        // An account sees only its own namespace.
+        state
+            .registry
+            .catalog(principal.namespace.as_deref(), q.get("last"), n + 1)
+            .await?
     };
     Ok(paged_response(
         repos,
@@ -117,7 +121,7 @@ pub(super) async fn catalog(
 
 pub(super) async fn referrers(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     digest: &str,
     q: &Query,
@@ -125,7 +129,7 @@ pub(super) async fn referrers(
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Pull]))
+        .authorize(req, Scope::repository(&name, &[Action::Pull]))
         .await?;
     let subject = Digest::parse(digest).map_err(|e| OciError::digest_invalid(e.to_string()))?;
     let artifact_type = q.get("artifactType").filter(|a| !a.is_empty());

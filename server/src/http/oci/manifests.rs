@@ -11,7 +11,7 @@ use registry::{Reference, RegistryError, Tag};
 
 use super::error::{Code, OciError, OciResult};
 use super::{Query, repo_name};
-use crate::auth::{Action, Scope};
+use crate::auth::{Action, RequestMeta, Scope};
 use crate::http::AppState;
 use crate::http::headers::{DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG};
 
@@ -27,7 +27,7 @@ fn reference_for_lookup(s: &str) -> OciResult<Reference> {
 
 pub(super) async fn get(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     reference: &str,
     head: bool,
@@ -35,11 +35,12 @@ pub(super) async fn get(
     let name = repo_name(name)?;
     state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Pull]))
+        .authorize(req, Scope::repository(&name, &[Action::Pull]))
         .await?;
     let reference = reference_for_lookup(reference)?;
     let m = state.registry.get_manifest(&name, &reference).await?;
-    let accept: Vec<&str> = headers
+    let accept: Vec<&str> = req
+        .headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -66,16 +67,16 @@ pub(super) async fn get(
 
 pub(super) async fn put(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     reference: &str,
     q: &Query,
     body: Body,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
-    state
+    let principal = state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Push]))
+        .authorize(req, Scope::repository(&name, &[Action::Push]))
         .await?;
     let reference = Reference::parse(reference).map_err(|e| match e {
         NameError::Tag(_) => OciError::new(
@@ -103,7 +104,8 @@ pub(super) async fn put(
             format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
         )
     };
-    let declared = headers
+    let declared = req
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
@@ -127,13 +129,21 @@ pub(super) async fn put(
         })?
         .to_bytes();
     state.metrics.bytes_received.inc_by(bytes.len() as u64);
-    let content_type = headers
+    let content_type = req
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let pushed = state
         .registry
         .put_manifest(&name, &reference, content_type, &bytes, &extra_tags)
         .await?;
+    let tags: Vec<&str> = pushed.tags.iter().map(|t| t.as_str()).collect();
+    state.audit(
+        &principal,
+        req,
+        "push",
+        format!("{name}@{} [{}]", pushed.digest, tags.join(",")),
+    );
     let mut resp = (StatusCode::CREATED, [(header::CONTENT_LENGTH, "0")]).into_response();
     let h = resp.headers_mut();
     let mut put = |k: header::HeaderName, v: &str| {
@@ -159,16 +169,21 @@ pub(super) async fn put(
 
 pub(super) async fn delete(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     name: &str,
     reference: &str,
 ) -> OciResult<Response> {
     let name = repo_name(name)?;
-    state
+    let principal = state
         .auth
-        .authorize(headers, Scope::repository(&name, &[Action::Delete]))
+        .authorize(req, Scope::repository(&name, &[Action::Delete]))
         .await?;
     let reference = reference_for_lookup(reference)?;
     state.registry.delete_manifest(&name, &reference).await?;
+    let what = match &reference {
+        Reference::Tag(t) => format!("{name}:{t}"),
+        Reference::Digest(d) => format!("{name}@{d}"),
+    };
+    state.audit(&principal, req, "delete", what);
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

@@ -11,15 +11,19 @@ mod drain;
 pub mod error;
 mod manifests;
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use registry::RepoName;
 
 use self::error::{Code, OciError, OciResult};
 use super::{AppState, RouteLabel};
-use crate::auth::Scope;
+use crate::auth::{RequestMeta, Scope};
+use crate::serve::Secure;
 
 /// Where a `/v2/` path leads.
 #[derive(Debug, PartialEq, Eq)]
@@ -83,8 +87,18 @@ pub(crate) fn repo_name(name: &str) -> OciResult<RepoName> {
 }
 
 /// `GET /v2/`: API version check.
-pub async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let mut resp = match state.auth.authorize(&headers, Scope::Base).await {
+pub async fn base(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    secure: Option<Extension<Secure>>,
+    headers: HeaderMap,
+) -> Response {
+    let req = RequestMeta {
+        headers: &headers,
+        peer: peer.map(|p| p.0.0),
+        secure: secure.is_some_and(|s| s.0.0),
+    };
+    let mut resp = match state.auth.authorize(&req, Scope::Base).await {
         Ok(_) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -100,6 +114,8 @@ pub async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response
 /// Every other `/v2/…` request.
 pub async fn dispatch(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    secure: Option<Extension<Secure>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -119,7 +135,12 @@ pub async fn dispatch(
     let label = route.label();
     let query = uri.query().unwrap_or("");
     let (body, unread) = drain::share(body, &headers);
-    let result = handle(&state, route, &method, query, &headers, body).await;
+    let req = RequestMeta {
+        headers: &headers,
+        peer: peer.map(|p| p.0.0),
+        secure: secure.is_some_and(|s| s.0.0),
+    };
+    let result = handle(&state, route, &method, query, &req, body).await;
     // Answering with part of the body unread would reset the connection
     // under a client still sending, losing the answer.
     unread.drain().await;
@@ -136,45 +157,45 @@ async fn handle(
     route: Route<'_>,
     method: &Method,
     query: &str,
-    headers: &HeaderMap,
+    req: &RequestMeta<'_>,
     body: Body,
 ) -> OciResult<Response> {
     let q = Query::parse(query);
     match (route, method.clone()) {
-        (Route::Catalog, Method::GET) => discovery::catalog(state, headers, &q).await,
-        (Route::Tags { name }, Method::GET) => discovery::tags(state, headers, name, &q).await,
+        (Route::Catalog, Method::GET) => discovery::catalog(state, req, &q).await,
+        (Route::Tags { name }, Method::GET) => discovery::tags(state, req, name, &q).await,
         (Route::Referrers { name, digest }, Method::GET) => {
-            discovery::referrers(state, headers, name, digest, &q).await
+            discovery::referrers(state, req, name, digest, &q).await
         }
         (Route::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
-            manifests::get(state, headers, name, reference, m == Method::HEAD).await
+            manifests::get(state, req, name, reference, m == Method::HEAD).await
         }
         (Route::Manifest { name, reference }, Method::PUT) => {
-            manifests::put(state, headers, name, reference, &q, body).await
+            manifests::put(state, req, name, reference, &q, body).await
         }
         (Route::Manifest { name, reference }, Method::DELETE) => {
-            manifests::delete(state, headers, name, reference).await
+            manifests::delete(state, req, name, reference).await
         }
         (Route::Blob { name, digest }, m @ (Method::GET | Method::HEAD)) => {
-            blobs::get(state, headers, name, digest, m == Method::HEAD).await
+            blobs::get(state, req, name, digest, m == Method::HEAD).await
         }
         (Route::Blob { name, digest }, Method::DELETE) => {
-            blobs::delete(state, headers, name, digest).await
+            blobs::delete(state, req, name, digest).await
         }
         (Route::UploadStart { name }, Method::POST) => {
-            blobs::start_upload(state, headers, name, &q, body).await
+            blobs::start_upload(state, req, name, &q, body).await
         }
         (Route::Upload { name, id }, Method::GET) => {
-            blobs::upload_status(state, headers, name, id).await
+            blobs::upload_status(state, req, name, id).await
         }
         (Route::Upload { name, id }, Method::PATCH) => {
-            blobs::patch_upload(state, headers, name, id, body).await
+            blobs::patch_upload(state, req, name, id, body).await
         }
         (Route::Upload { name, id }, Method::PUT) => {
-            blobs::put_upload(state, headers, name, id, &q, body).await
+            blobs::put_upload(state, req, name, id, &q, body).await
         }
         (Route::Upload { name, id }, Method::DELETE) => {
-            blobs::cancel_upload(state, headers, name, id).await
+            blobs::cancel_upload(state, req, name, id).await
         }
         (_, m) => Err(OciError::unsupported(format!(
             "method {m} is not supported on this endpoint"
