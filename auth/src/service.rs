@@ -720,20 +720,16 @@ impl AuthService {
 
     // --- tokens ---------------------------------------------------------------------
 
-    /// Issues a token granting `identity` the part of `requests` it may have.
-    pub fn issue_token(
-        &self,
-        identity: &Identity,
-        requests: &[ScopeRequest],
-    ) -> Result<IssuedToken> {
+    /// The claims a token for `identity` asking for `requests` carries:
+    /// the part of the request the identity may have.
+    pub fn claims_for(&self, identity: &Identity, requests: &[ScopeRequest]) -> Claims {
         let access = scope::grant(identity, requests);
-        let now = now_millis();
+        let secs = now_millis() / 1000;
         let ttl = match identity.kind {
             PrincipalKind::Node => self.inner.config.node_token_ttl,
             _ => self.inner.config.token_ttl,
         };
-        let secs = now / 1000;
-        let claims = Claims {
+        Claims {
             iss: self.inner.config.issuer.clone(),
             sub: identity.subject.clone(),
             aud: self.inner.config.service.clone(),
@@ -741,7 +737,7 @@ impl AuthService {
             nbf: secs,
             iat: secs,
             jti: secrets::random_token(16),
-            access: access.clone(),
+            access,
             berth: BerthClaims {
                 acct: identity.account_id,
                 ns: identity.namespace.clone(),
@@ -750,13 +746,22 @@ impl AuthService {
                 node: identity.node_id.clone(),
                 uid: identity.user_id,
             },
-        };
+        }
+    }
+
+    /// Issues a signed token granting `identity` the part of `requests` it may have.
+    pub fn issue_token(
+        &self,
+        identity: &Identity,
+        requests: &[ScopeRequest],
+    ) -> Result<IssuedToken> {
+        let claims = self.claims_for(identity, requests);
         let token = self.inner.keyring.read().sign(&claims)?;
         Ok(IssuedToken {
             token,
-            expires_in: ttl.as_secs(),
-            issued_at: rfc3339(now),
-            access,
+            expires_in: (claims.exp - claims.iat).max(0) as u64,
+            issued_at: rfc3339(claims.iat * 1000),
+            access: claims.access,
         })
     }
 
