@@ -17,4 +17,4 @@ pub mod storage;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use names::{Reference, RepoName, Tag};
 pub use service::{ByteRange, GcReport, PushedManifest, Registry, RegistryConfig, RegistryError};
-pub use storage::{ByteStream, MountSource};
+pub use storage::{ByteStream, MountSource, RepositoryPage, RepositorySummary, TagDetail};

@@ -119,6 +119,11 @@ pub struct ParsedManifest {
     pub content_size: u64,
     /// The config's media type (image manifests).
     pub config_media_type: Option<String>,
+    /// The config blob's digest and size (image manifests).
+    pub config: Option<(Digest, u64)>,
+    /// The image's platform, read from its config by the service (the
+    /// parser sees only the manifest).
+    pub platform: Option<Platform>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +256,8 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
         annotations,
         content_size: 0,
         config_media_type: None,
+        config: None,
+        platform: None,
     };
 
     if media_types::is_index(&media_type) {
@@ -289,6 +296,7 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
         }
         parsed.content_size += config.size;
         parsed.config_media_type = Some(config.media_type.clone());
+        parsed.config = Some((config.digest.clone(), config.size));
         parsed.blobs.push(config.digest);
         let layers = raw.layers.as_deref().ok_or(ManifestError::Descriptor {
             path: "layers".into(),
@@ -309,6 +317,28 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
     parsed.optional_blobs.sort();
     parsed.optional_blobs.dedup();
     Ok(parsed)
+}
+
+/// Config media types of runnable images, whose config names a platform.
+pub const IMAGE_CONFIGS: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Reads `os`, `architecture` and `variant` from an image config.
+pub fn platform_from_config(config: &[u8]) -> Option<Platform> {
+    #[derive(Deserialize)]
+    struct Cfg {
+        os: Option<String>,
+        architecture: Option<String>,
+        variant: Option<String>,
+    }
+    let c: Cfg = serde_json::from_slice(config).ok()?;
+    Some(Platform {
+        os: c.os.filter(|s| !s.is_empty())?,
+        architecture: c.architecture.filter(|s| !s.is_empty())?,
+        variant: c.variant.filter(|s| !s.is_empty()),
+    })
 }
 
 /// Chooses what to answer a manifest GET with, given the client's Accept

@@ -14,7 +14,8 @@ use crate::manifest::{self, ManifestError};
 use crate::names::{Reference, RepoName, Tag};
 use crate::storage::{
     BlobStore, ByteStream, MetadataStore, Millis, MountSource, NewManifest, PutManifestOutcome,
-    Referrer, StorageError, StoredManifest, UploadRecord, WriteInterruption, now_millis,
+    Referrer, RepositoryPage, StorageError, StoredManifest, TagDetail, UploadRecord,
+    WriteInterruption, now_millis,
 };
 
 /// Tunables of the registry service.
@@ -580,7 +581,8 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(body),
         };
-        let parsed = manifest::parse(content_type, body)?;
+        let mut parsed = manifest::parse(content_type, body)?;
+        parsed.platform = self.config_platform(repo, &parsed).await;
         let mut tags = extra_tags.to_vec();
         if let Reference::Tag(t) = reference {
             tags.push(t.clone());
@@ -608,6 +610,34 @@ impl Registry {
             PutManifestOutcome::MissingBlob(d) => Err(RegistryError::ManifestBlobUnknown(d)),
             PutManifestOutcome::MissingManifest(d) => Err(RegistryError::ManifestChildUnknown(d)),
         }
+    }
+
+    /// The platform an image's config names, for listings. Best effort: a
+    /// missing or unreadable config is the reference check's business.
+    async fn config_platform(
+        &self,
+        repo: &RepoName,
+        parsed: &manifest::ParsedManifest,
+    ) -> Option<manifest::Platform> {
+        /// Configs larger than this are not images' configs worth reading.
+        const MAX_CONFIG: u64 = 1 << 20;
+        let (digest, size) = parsed.config.as_ref()?;
+        let media_type = parsed.config_media_type.as_deref()?;
+        if !manifest::IMAGE_CONFIGS.contains(&media_type) || *size > MAX_CONFIG {
+            return None;
+        }
+        let stored = self.inner.meta.blob_in_repo(repo, digest).await.ok()??;
+        let mut body = self
+            .inner
+            .blobs
+            .read(digest, 0, stored.min(MAX_CONFIG))
+            .await
+            .ok()?;
+        let mut bytes = Vec::with_capacity(stored as usize);
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            bytes.extend_from_slice(&chunk.ok()?);
+        }
+        manifest::platform_from_config(&bytes)
     }
 
     /// Deletes a tag (only that tag) or a manifest by digest (with its tags).
@@ -664,6 +694,30 @@ impl Registry {
             .meta
             .referrers(repo, subject, artifact_type)
             .await?)
+    }
+
+    /// A page of repository summaries for listings (portal, management API).
+    pub async fn repository_page(
+        &self,
+        namespace: Option<&str>,
+        filter: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RepositoryPage> {
+        Ok(self
+            .inner
+            .meta
+            .repository_page(namespace, filter, after, limit)
+            .await?)
+    }
+
+    /// Every tag of a repository with digest, size, platforms and push time.
+    pub async fn repository_tags(&self, repo: &RepoName) -> Result<Vec<TagDetail>> {
+        self.inner
+            .meta
+            .repository_tags(repo)
+            .await?
+            .ok_or(RegistryError::NameUnknown)
     }
 
     /// Deletes a repository: its tags, manifests, blob links and uploads.

@@ -184,6 +184,41 @@ pub struct Referrer {
     pub annotations: Option<String>,
 }
 
+/// A repository as listings (portal, management API) show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RepositorySummary {
+    pub name: String,
+    pub tag_count: u64,
+    /// Bytes of the distinct blobs its manifests reference, plus the manifests.
+    pub size: u64,
+    /// Last push (a manifest or tag written), Unix milliseconds.
+    pub last_push: Millis,
+    /// Platforms of its tagged images, e.g. `linux/arm64`.
+    pub platforms: Vec<String>,
+}
+
+/// One page of repository summaries, and how many match in all.
+#[derive(Debug, Clone)]
+pub struct RepositoryPage {
+    pub repositories: Vec<RepositorySummary>,
+    pub total: u64,
+}
+
+/// A tag as the repository view shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TagDetail {
+    pub tag: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    /// Manifest, config and layers (for an index: of every child too).
+    pub size: u64,
+    /// When the tag was last pointed at its manifest, Unix milliseconds.
+    pub pushed_at: Millis,
+    /// The image's platform, or every platform of an index.
+    pub platforms: Vec<String>,
+}
+
 /// What one metadata-side GC pass removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MetadataGcReport {
@@ -316,6 +351,22 @@ pub trait MetadataStore: Send + Sync + 'static {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>, StorageError>;
+
+    /// Repository summaries under `<namespace>/` whose names contain
+    /// `filter`, after `after` in lexical order, at most `limit`.
+    async fn repository_page(
+        &self,
+        namespace: Option<&str>,
+        filter: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RepositoryPage, StorageError>;
+
+    /// Every tag of `repo` with its details; `None` if there is no such repository.
+    async fn repository_tags(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<Vec<TagDetail>>, StorageError>;
 
     /// Deletes a repository with its tags, manifests, links and uploads;
     /// returns the ids of the uploads so their staged data can go too.

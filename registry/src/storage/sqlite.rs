@@ -10,13 +10,15 @@ use sqlite_pool::{Pool, PoolError};
 
 use super::{
     MetadataGcReport, MetadataStore, Millis, MountSource, NewManifest, PutManifestOutcome,
-    Referrer, StorageError, StoredManifest, UploadRecord,
+    Referrer, RepositoryPage, RepositorySummary, StorageError, StoredManifest, TagDetail,
+    UploadRecord,
 };
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
 
 /// Schema history. Append new migrations; never edit a released one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE repositories (
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -102,7 +104,12 @@ CREATE TABLE uploads (
     updated_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX uploads_repository ON uploads(repository);
-"#];
+"#,
+    r#"
+-- The platform an image manifest's config names (JSON), for listings.
+ALTER TABLE manifests ADD COLUMN platform TEXT;
+"#,
+];
 
 /// How hard SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -162,6 +169,21 @@ impl SqliteMetadata {
     {
         self.pool.write(f).await
     }
+}
+
+/// Display names (`linux/arm/v7`) of stored platforms (JSON), sorted,
+/// without duplicates and without the `unknown/unknown` entries build tools
+/// use for attestations.
+fn platform_names(stored: Vec<String>) -> Vec<String> {
+    let mut names: Vec<String> = stored
+        .iter()
+        .filter_map(|s| serde_json::from_str::<crate::manifest::Platform>(s).ok())
+        .filter(|p| p.os != "unknown" && p.architecture != "unknown")
+        .map(|p| p.display())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn repo_id(conn: &Connection, repo: &str) -> Result<Option<i64>, StorageError> {
@@ -511,6 +533,12 @@ impl MetadataStore for SqliteMetadata {
         let now = m.now;
         let size = to_i64(content.len() as u64)?;
         let content_size = to_i64(p.content_size)?;
+        let platform = p
+            .platform
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(corrupt)?;
         self.pool.write_if(move |tx| {
             let rid = ensure_repo(tx, &repo, now)?;
             {
@@ -537,8 +565,8 @@ impl MetadataStore for SqliteMetadata {
                 .execute(
                     "INSERT INTO manifests (repository_id, digest, media_type, artifact_type,
                         config_media_type, subject, annotations, size, content_size, content,
-                        created_at, pushed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)
+                        created_at, pushed_at, platform)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12)
                      ON CONFLICT (repository_id, digest) DO NOTHING",
                     params![
                         rid,
@@ -551,7 +579,8 @@ impl MetadataStore for SqliteMetadata {
                         size,
                         content_size,
                         content,
-                        now
+                        now,
+                        platform
                     ],
                 )
                 .map_err(db_err)?;
@@ -801,6 +830,155 @@ impl MetadataStore for SqliteMetadata {
             tx.execute("DELETE FROM repositories WHERE id = ?1", params![rid])
                 .map_err(db_err)?;
             Ok(Some(uploads))
+        })
+        .await
+    }
+
+    async fn repository_page(
+        &self,
+        namespace: Option<&str>,
+        filter: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<RepositoryPage, StorageError> {
+        let namespace = namespace.map(str::to_owned);
+        let filter = filter.filter(|f| !f.is_empty()).map(str::to_owned);
+        let after = after.unwrap_or("").to_owned();
+        let limit = limit as i64;
+        self.read(move |c| {
+            // '/' < '0': a namespace's repositories sort between "<ns>/" and "<ns>0".
+            const WHERE: &str = "(?1 IS NULL OR (r.name >= ?1 || '/' AND r.name < ?1 || '0'))
+                                 AND (?2 IS NULL OR instr(r.name, ?2) > 0)";
+            let total: i64 = c
+                .prepare_cached(&format!("SELECT count(*) FROM repositories r WHERE {WHERE}"))
+                .map_err(db_err)?
+                .query_row(params![namespace, filter], |r| r.get(0))
+                .map_err(db_err)?;
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT r.id, r.name, r.updated_at,
+                       (SELECT count(*) FROM tags t WHERE t.repository_id = r.id),
+                       (SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN
+                          (SELECT mb.blob_digest FROM manifest_blobs mb WHERE mb.repository_id = r.id))
+                       + (SELECT coalesce(sum(m.size), 0) FROM manifests m WHERE m.repository_id = r.id)
+                     FROM repositories r WHERE {WHERE} AND r.name > ?3
+                     ORDER BY r.name LIMIT ?4"
+                ))
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![namespace, filter, after, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            let mut platforms = c
+                .prepare_cached(
+                    "SELECT m.platform FROM tags t JOIN manifests m
+                       ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
+                     WHERE t.repository_id = ?1 AND m.platform IS NOT NULL
+                     UNION
+                     SELECT ch.platform FROM tags t JOIN manifest_children ch
+                       ON ch.repository_id = t.repository_id AND ch.parent_digest = t.manifest_digest
+                     WHERE t.repository_id = ?1 AND ch.platform IS NOT NULL",
+                )
+                .map_err(db_err)?;
+            let mut repositories = Vec::with_capacity(rows.len());
+            for (id, name, last_push, tags, size) in rows {
+                let found = platforms
+                    .query_map(params![id], |r| r.get::<_, String>(0))
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(db_err)?;
+                repositories.push(RepositorySummary {
+                    name,
+                    tag_count: to_u64(tags)?,
+                    size: to_u64(size)?,
+                    last_push,
+                    platforms: platform_names(found),
+                });
+            }
+            Ok(RepositoryPage {
+                repositories,
+                total: to_u64(total)?,
+            })
+        })
+        .await
+    }
+
+    async fn repository_tags(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Option<Vec<TagDetail>>, StorageError> {
+        let repo = repo.as_str().to_owned();
+        self.read(move |c| {
+            let Some(rid) = repo_id(c, &repo)? else {
+                return Ok(None);
+            };
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT t.name, m.digest, m.media_type, m.artifact_type, t.updated_at, m.platform,
+                       m.size + coalesce((SELECT sum(cm.size + cm.content_size)
+                         FROM manifest_children ch JOIN manifests cm
+                           ON cm.repository_id = ch.repository_id AND cm.digest = ch.child_digest
+                         WHERE ch.repository_id = m.repository_id AND ch.parent_digest = m.digest),
+                         -- An image: its config and layers. (An index's
+                         -- content_size counts its children's manifests only.)
+                         m.content_size)
+                     FROM tags t JOIN manifests m
+                       ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
+                     WHERE t.repository_id = ?1 ORDER BY t.name",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![rid], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                })
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            let mut children = c
+                .prepare_cached(
+                    "SELECT platform FROM manifest_children
+                     WHERE repository_id = ?1 AND parent_digest = ?2 AND platform IS NOT NULL
+                     ORDER BY position",
+                )
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (tag, digest, media_type, artifact_type, pushed_at, platform, size) in rows {
+                let mut found: Vec<String> = platform.into_iter().collect();
+                found.extend(
+                    children
+                        .query_map(params![rid, digest], |r| r.get::<_, String>(0))
+                        .map_err(db_err)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(db_err)?,
+                );
+                out.push(TagDetail {
+                    tag,
+                    digest: parse_digest(digest)?,
+                    media_type,
+                    artifact_type,
+                    size: to_u64(size)?,
+                    pushed_at,
+                    platforms: platform_names(found),
+                });
+            }
+            Ok(Some(out))
         })
         .await
     }
