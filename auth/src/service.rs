@@ -19,7 +19,7 @@ use crate::model::{
 use crate::ratelimit::FailureLimiter;
 use crate::scope::{self, ScopeRequest};
 use crate::secrets;
-use crate::store::{AuditQuery, AuthStore, CaRecord};
+use crate::store::{AuditQuery, AuthStore, CaRecord, Session};
 use crate::tokens::{AccessEntry, BerthClaims, Claims, Keyring, generate_key};
 
 /// Tunables of the auth service.
@@ -77,6 +77,21 @@ pub struct IssuedToken {
 pub struct MintedSecret {
     pub credential: Credential,
     pub secret: String,
+}
+
+/// A signed-in portal user.
+#[derive(Debug, Clone)]
+pub struct PortalSession {
+    /// The cookie value (only its hash is stored).
+    pub token: String,
+    /// Sent back by pages on every change (header or form field).
+    pub csrf: String,
+    pub expires_at: Millis,
+    pub identity: Identity,
+}
+
+fn session_hash(token: &str) -> String {
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 /// What enrolling a node hands to the operator.
@@ -386,14 +401,17 @@ impl AuthService {
 
     // --- credentials --------------------------------------------------------------
 
+    /// Creates a credential; `expires_at` computes its expiry from the
+    /// creation instant, so that a 24 h credential lasts exactly 24 h.
     async fn mint(
         &self,
         user: &User,
         kind: CredentialKind,
-        expires_at: Option<Millis>,
+        expires_at: impl FnOnce(Millis) -> Option<Millis>,
         description: Option<&str>,
         parent: Option<&str>,
     ) -> Result<MintedSecret> {
+        let now = now_millis();
         let id = secrets::random_id(12);
         let secret = secrets::random_token(32);
         let credential = Credential {
@@ -402,8 +420,8 @@ impl AuthService {
             kind,
             secret_hash: secrets::hash(&secret)?,
             description: description.map(str::to_owned),
-            created_at: now_millis(),
-            expires_at,
+            created_at: now,
+            expires_at: expires_at(now),
             revoked_at: None,
             parent_id: parent.map(str::to_owned),
         };
@@ -439,7 +457,7 @@ impl AuthService {
         self.mint(
             &user,
             CredentialKind::Login,
-            Some(now_millis() + millis(ttl)),
+            |now| Some(now + millis(ttl)),
             description,
             None,
         )
@@ -459,7 +477,7 @@ impl AuthService {
                 "{robot_username:?} is not an active robot"
             )));
         }
-        let expires = ttl.map(|t| now_millis() + millis(t));
+        let expires = |now| ttl.map(|t| now + millis(t));
         self.mint(&user, CredentialKind::ApiKey, expires, description, None)
             .await
     }
@@ -704,13 +722,17 @@ impl AuthService {
             .user_by_id(parent.user_id)
             .await?
             .ok_or_else(|| AuthError::NotFound("user".into()))?;
-        let cap = now_millis() + millis(self.inner.config.refresh_ttl);
-        let expires = parent.expires_at.map_or(cap, |e| e.min(cap));
+        let refresh_ttl = millis(self.inner.config.refresh_ttl);
+        // Never outlives the credential it came from.
+        let expires = |now: Millis| {
+            let cap = now + refresh_ttl;
+            Some(parent.expires_at.map_or(cap, |e| e.min(cap)))
+        };
         Ok(self
             .mint(
                 &user,
                 CredentialKind::Refresh,
-                Some(expires),
+                expires,
                 None,
                 Some(parent_id),
             )
@@ -932,6 +954,100 @@ impl AuthService {
             node_id: Some(node.id),
             user_id: None,
         })
+    }
+
+    // --- portal sessions -------------------------------------------------------------
+
+    /// Signs a user in with their password: a new session (cookie value and
+    /// anti-CSRF token) valid `ttl`.
+    pub async fn sign_in(
+        &self,
+        username: &str,
+        password: &str,
+        source: Option<&str>,
+        ttl: Duration,
+    ) -> Result<PortalSession> {
+        let identity = match self.authenticate_password(username, password, source).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.audit(AuditEvent {
+                    at: now_millis(),
+                    account_id: None,
+                    actor: username.chars().take(128).collect(),
+                    action: "signin".into(),
+                    target: None,
+                    source: source.map(str::to_owned),
+                    outcome: "denied".into(),
+                    detail: Some(e.to_string()),
+                })
+                .await;
+                return Err(e);
+            }
+        };
+        let user_id = identity
+            .user_id
+            .ok_or_else(|| AuthError::Invalid("only users sign in".into()))?;
+        let token = secrets::random_token(32);
+        let now = now_millis();
+        let session = Session {
+            id_hash: session_hash(&token),
+            user_id,
+            csrf: secrets::random_token(24),
+            created_at: now,
+            expires_at: now + millis(ttl),
+        };
+        self.inner.store.create_session(&session).await?;
+        self.audit(AuditEvent {
+            at: now,
+            account_id: Some(identity.account_id),
+            actor: identity.subject.clone(),
+            action: "signin".into(),
+            target: None,
+            source: source.map(str::to_owned),
+            outcome: "ok".into(),
+            detail: None,
+        })
+        .await;
+        Ok(PortalSession {
+            token,
+            csrf: session.csrf,
+            expires_at: session.expires_at,
+            identity,
+        })
+    }
+
+    /// The identity and anti-CSRF token of a session cookie value.
+    pub async fn session(&self, token: &str) -> Result<PortalSession> {
+        let s = self
+            .inner
+            .store
+            .session(&session_hash(token))
+            .await?
+            .ok_or(AuthError::Unauthenticated)?;
+        if s.expires_at <= now_millis() {
+            return Err(AuthError::Unauthenticated);
+        }
+        let user = self
+            .inner
+            .store
+            .user_by_id(s.user_id)
+            .await?
+            .filter(|u| u.disabled_at.is_none())
+            .ok_or(AuthError::Unauthenticated)?;
+        Ok(PortalSession {
+            token: token.to_owned(),
+            csrf: s.csrf,
+            expires_at: s.expires_at,
+            identity: self.identity_for(&user, None).await?,
+        })
+    }
+
+    pub async fn sign_out(&self, token: &str) -> Result<()> {
+        self.inner
+            .store
+            .delete_session(&session_hash(token))
+            .await?;
+        Ok(())
     }
 
     // --- audit ---------------------------------------------------------------------------

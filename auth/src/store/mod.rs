@@ -40,6 +40,19 @@ pub struct Revocations {
     pub users: Vec<UserId>,
 }
 
+/// A portal sign-in session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// SHA-256 (hex) of the cookie value: a stolen database copy yields no
+    /// usable session.
+    pub id_hash: String,
+    pub user_id: UserId,
+    /// The anti-CSRF token pages send back on every change.
+    pub csrf: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
 /// Query of the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -98,6 +111,11 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn node_ca(&self) -> Result<Option<CaRecord>>;
     /// Stores the CA unless one exists; returns the one in force.
     async fn init_node_ca(&self, ca: &CaRecord) -> Result<CaRecord>;
+
+    // portal sessions
+    async fn create_session(&self, session: &Session) -> Result<()>;
+    async fn session(&self, id_hash: &str) -> Result<Option<Session>>;
+    async fn delete_session(&self, id_hash: &str) -> Result<bool>;
 
     // audit
     async fn audit(&self, e: &AuditEvent) -> Result<()>;

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlite_pool::rusqlite::{self, OptionalExtension, Row, params};
 use sqlite_pool::{Pool, PoolError, Synchronous};
 
-use super::{AuditQuery, AuthStore, CaRecord, Revocations, SigningKey};
+use super::{AuditQuery, AuthStore, CaRecord, Revocations, Session, SigningKey};
 use crate::error::{AuthError, Result};
 use crate::model::{
     Account, AccountId, AuditEvent, Credential, CredentialKind, Millis, Node, Role, User, UserId,
@@ -14,7 +14,8 @@ use crate::model::{
 };
 
 /// Schema history. Append new migrations; never edit a released one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -95,7 +96,19 @@ CREATE TABLE audit (
     detail     TEXT
 );
 CREATE INDEX audit_account_at ON audit(account_id, at);
-"#];
+"#,
+    r#"
+-- Portal sign-in sessions; the cookie value is stored as its SHA-256.
+CREATE TABLE sessions (
+    id_hash    TEXT PRIMARY KEY,
+    user_id    INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX sessions_expiry ON sessions(expires_at);
+"#,
+];
 
 /// SQLite-backed [`AuthStore`].
 #[derive(Debug, Clone)]
@@ -682,6 +695,62 @@ impl AuthStore for SqliteAuthStore {
                     },
                 )
                 .map_err(db)
+            })
+            .await
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<()> {
+        let x = session.clone();
+        self.pool
+            .write(move |tx| {
+                // Expired sessions are swept here rather than by a timer.
+                tx.execute(
+                    "DELETE FROM sessions WHERE expires_at < ?1",
+                    params![x.created_at],
+                )
+                .map_err(db)?;
+                tx.execute(
+                    "INSERT INTO sessions (id_hash, user_id, csrf, created_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![x.id_hash, x.user_id, x.csrf, x.created_at, x.expires_at],
+                )
+                .map_err(db)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn session(&self, id_hash: &str) -> Result<Option<Session>> {
+        let id = id_hash.to_owned();
+        self.pool
+            .read(move |c| {
+                c.query_row(
+                    "SELECT id_hash, user_id, csrf, created_at, expires_at FROM sessions WHERE id_hash = ?1",
+                    params![id],
+                    |r| {
+                        Ok(Session {
+                            id_hash: r.get(0)?,
+                            user_id: r.get(1)?,
+                            csrf: r.get(2)?,
+                            created_at: r.get(3)?,
+                            expires_at: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(db)
+            })
+            .await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> Result<bool> {
+        let id = id_hash.to_owned();
+        self.pool
+            .write(move |tx| {
+                Ok(tx
+                    .execute("DELETE FROM sessions WHERE id_hash = ?1", params![id])
+                    .map_err(db)?
+                    > 0)
             })
             .await
     }

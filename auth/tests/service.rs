@@ -1,0 +1,260 @@
+//! `AuthService` on its real SQLite store: credentials, tokens and their
+//! revocation, throttling, portal sessions, nodes, key rotation.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use auth::scope::parse_scopes;
+use auth::{AuthConfig, AuthError, AuthService, PrincipalKind, Role};
+
+async fn service(config: AuthConfig) -> (tempfile::TempDir, AuthService) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = auth::open_embedded(dir.path()).unwrap();
+    let svc = AuthService::open(store, config).await.unwrap();
+    svc.create_account("acme", "acme.io").await.unwrap();
+    svc.create_user("acme", "alice", Role::Developer, Some("correct horse"))
+        .await
+        .unwrap();
+    (dir, svc)
+}
+
+#[tokio::test]
+async fn credentials_authenticate_until_revoked() {
+    let (_d, svc) = service(AuthConfig::default()).await;
+    let minted = svc
+        .mint_login_credential("alice", None, Some("laptop"))
+        .await
+        .unwrap();
+    assert!(minted.secret.starts_with("bcl_"));
+    let ttl = minted.credential.expires_at.unwrap() - minted.credential.created_at;
+    assert_eq!(ttl, 24 * 3600 * 1000);
+    let id = svc
+        .authenticate("alice", &minted.secret, Some("10.0.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (id.namespace.as_str(), id.role, id.kind),
+        ("acme.io", Role::Developer, PrincipalKind::User)
+    );
+    // The account password is not a registry credential, nor is another user's secret.
+    assert!(
+        svc.authenticate("alice", "correct horse", None)
+            .await
+            .is_err()
+    );
+    svc.create_user("acme", "bob", Role::Reader, None)
+        .await
+        .unwrap();
+    assert!(svc.authenticate("bob", &minted.secret, None).await.is_err());
+
+    let token = svc
+        .issue_token(
+            &id,
+            &parse_scopes(["repository:acme.io/app:pull,push,delete"]),
+        )
+        .unwrap();
+    let claims = svc.verify_token(&token.token).unwrap();
+    assert!(claims.allows("acme.io/app", "push"));
+    assert!(!claims.allows("acme.io/app", "delete"));
+    assert_eq!(token.expires_in, 300);
+
+    assert!(svc.revoke_credential(&minted.credential.id).await.unwrap());
+    assert!(
+        svc.authenticate("alice", &minted.secret, None)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        svc.verify_token(&token.token),
+        Err(AuthError::Token(_))
+    ));
+    // Longer than allowed.
+    assert!(
+        svc.mint_login_credential("alice", Some(Duration::from_secs(2 * 86400)), None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_user_and_source() {
+    let config = AuthConfig {
+        max_failed_logins: 3,
+        failed_login_window: Duration::from_millis(700),
+        ..AuthConfig::default()
+    };
+    let (_d, svc) = service(config).await;
+    let good = svc
+        .mint_login_credential("alice", None, None)
+        .await
+        .unwrap()
+        .secret;
+    for _ in 0..3 {
+        assert!(matches!(
+            svc.authenticate("alice", "bcl_nope_nope", Some("10.0.0.9"))
+                .await,
+            Err(AuthError::Unauthenticated)
+        ));
+    }
+    // Locked out even with the right secret, from anywhere, for the window.
+    assert!(matches!(
+        svc.authenticate("alice", &good, Some("10.0.0.2")).await,
+        Err(AuthError::RateLimited { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    svc.authenticate("alice", &good, Some("10.0.0.2"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn refresh_tokens_follow_their_credential() {
+    let (_d, svc) = service(AuthConfig::default()).await;
+    let minted = svc
+        .mint_login_credential("alice", None, None)
+        .await
+        .unwrap();
+    let id = svc
+        .authenticate("alice", &minted.secret, None)
+        .await
+        .unwrap();
+    let refresh = svc.issue_refresh_token(&id).await.unwrap();
+    assert_eq!(
+        svc.authenticate_refresh(&refresh, None)
+            .await
+            .unwrap()
+            .subject,
+        "alice"
+    );
+    svc.revoke_credential(&minted.credential.id).await.unwrap();
+    assert!(svc.authenticate_refresh(&refresh, None).await.is_err());
+}
+
+#[tokio::test]
+async fn portal_sessions() {
+    let (_d, svc) = service(AuthConfig::default()).await;
+    assert!(
+        svc.sign_in("alice", "wrong password", None, Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+    let s = svc
+        .sign_in(
+            "alice",
+            "correct horse",
+            Some("10.1.1.1"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let back = svc.session(&s.token).await.unwrap();
+    assert_eq!(
+        (back.identity.subject.as_str(), back.csrf.as_str()),
+        ("alice", s.csrf.as_str())
+    );
+    assert!(svc.session("forged").await.is_err());
+    svc.sign_out(&s.token).await.unwrap();
+    assert!(svc.session(&s.token).await.is_err());
+    let short = svc
+        .sign_in("alice", "correct horse", None, Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(svc.session(&short.token).await.is_err());
+}
+
+#[tokio::test]
+async fn robots_use_api_keys_and_nodes_use_certificates() {
+    let (_d, svc) = service(AuthConfig::default()).await;
+    let robot = svc
+        .create_robot("acme", "ci", Role::Developer)
+        .await
+        .unwrap();
+    assert_eq!(robot.username, "robot+acme.io+ci");
+    let key = svc
+        .create_api_key(&robot.username, None, None)
+        .await
+        .unwrap();
+    assert!(key.credential.expires_at.is_none());
+    assert_eq!(
+        svc.authenticate(&robot.username, &key.secret, None)
+            .await
+            .unwrap()
+            .kind,
+        PrincipalKind::Robot
+    );
+    // Robots do not get login credentials; users do not get API keys.
+    assert!(
+        svc.mint_login_credential(&robot.username, None, None)
+            .await
+            .is_err()
+    );
+    assert!(svc.create_api_key("alice", None, None).await.is_err());
+
+    let e = svc.enroll_node("acme", "edge-1", None).await.unwrap();
+    let der = pem_der(&e.cert_pem);
+    let node = svc.node_identity(&der).await.unwrap();
+    assert_eq!(
+        (node.kind, node.namespace.as_str()),
+        (PrincipalKind::Node, "acme.io")
+    );
+    let token = svc
+        .issue_token(&node, &parse_scopes(["repository:acme.io/app:pull,push"]))
+        .unwrap();
+    let claims = svc.verify_token(&token.token).unwrap();
+    assert!(claims.allows("acme.io/app", "pull") && !claims.allows("acme.io/app", "push"));
+    assert_eq!(token.expires_in, 600);
+    // Re-enrolling the name supersedes the old certificate.
+    let again = svc.enroll_node("acme", "edge-1", None).await.unwrap();
+    assert!(svc.node_identity(&der).await.is_err());
+    let der2 = pem_der(&again.cert_pem);
+    svc.node_identity(&der2).await.unwrap();
+    svc.revoke_node(&again.node.id).await.unwrap();
+    assert!(matches!(
+        svc.node_identity(&der2).await,
+        Err(AuthError::Forbidden(_))
+    ));
+    assert!(
+        svc.verify_token(&token.token).is_ok(),
+        "a superseded node's old token lives out its lifetime"
+    );
+}
+
+#[tokio::test]
+async fn tokens_survive_a_key_rotation() {
+    let (_d, svc) = service(AuthConfig::default()).await;
+    let minted = svc
+        .mint_login_credential("alice", None, None)
+        .await
+        .unwrap();
+    let id = svc
+        .authenticate("alice", &minted.secret, None)
+        .await
+        .unwrap();
+    let before = svc.issue_token(&id, &[]).unwrap().token;
+    svc.rotate_signing_key().await.unwrap();
+    svc.verify_token(&before).unwrap();
+    let after = svc.issue_token(&id, &[]).unwrap().token;
+    let kid = |t: &str| jsonwebtoken_kid(t);
+    assert_ne!(kid(&before), kid(&after));
+}
+
+fn jsonwebtoken_kid(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["alg"], "ES256");
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
