@@ -487,7 +487,18 @@ impl Registry {
         if present {
             self.inner.blobs.upload_discard(id).await?;
         } else {
-            self.inner.blobs.upload_commit(id, size, digest).await?;
+            match self.inner.blobs.upload_commit(id, size, digest).await {
+                Ok(()) => {}
+                // The staged bytes are gone (swept after a crash left them
+                // orphaned): the session cannot complete; tell the client
+                // to start over rather than fail the same way forever.
+                Err(StorageError::Corrupt(why)) if has_record => {
+                    tracing::warn!(upload = id, %why, "abandoning an upload whose staged data is gone");
+                    self.abandon_upload(id).await;
+                    return Err(RegistryError::UploadUnknown);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let record = has_record.then_some(id);
         self.inner

@@ -302,11 +302,17 @@ impl BlobStore for FsBlobStore {
     async fn upload_commit(&self, id: &str, len: u64, digest: &Digest) -> Result<(), StorageError> {
         let staged = self.upload_path(id)?;
         let target = self.blob_path(digest);
+        let id_owned = id.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             let file = match OpenOptions::new().write(true).open(&staged) {
                 Ok(f) => f,
                 // A zero-length upload may never have created its file.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && len == 0 => File::create(&staged)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(StorageError::Corrupt(format!(
+                        "the staged data of upload {id_owned} is gone"
+                    )));
+                }
                 Err(e) => return Err(e.into()),
             };
             if file.metadata()?.len() != len {
