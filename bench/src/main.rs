@@ -261,8 +261,33 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let binary = berth_binary()?;
 
     progress::line("starting berth-server and docker-registry");
+    // berth-server reads every BERTH_* variable as configuration and refuses
+    // unknown keys, so BERTH_BIN_DIR (which located it) must not reach it. The
+    // harness passes our environment on, and removing a variable from our own
+    // environment is unsafe: start it through `sh`, which unsets it and then
+    // execs the server (same pid).
+    let wrapper_dir = tempfile::Builder::new()
+        .prefix("berth-bench-bin-")
+        .tempdir()
+        .context("creating a temp dir")?;
+    let launcher = if std::env::var_os("BERTH_BIN_DIR").is_some() {
+        let script = wrapper_dir.path().join("berth-server");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nunset BERTH_BIN_DIR\nexec '{}' \"$@\"\n",
+                binary.display()
+            ),
+        )
+        .context("writing the berth-server launcher")?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        script
+    } else {
+        binary.clone()
+    };
     let berth = BerthServer::builder()
-        .binary(&binary)
+        .binary(&launcher)
         .try_start()
         .context("starting berth-server")?;
     let distribution =
