@@ -233,7 +233,12 @@ async fn gc_never_races_concurrent_pushes() {
         let r = r.clone();
         pushers.push(tokio::spawn(async move {
             let mut kept = Vec::new();
-            for i in 0..25 {
+            // Push for well over the grace period, so that overwritten
+            // images age into garbage while pushes go on.
+            let started = std::time::Instant::now();
+            for i in
+                (0..).take_while(|i| *i < 25 || started.elapsed() < Duration::from_millis(2500))
+            {
                 let name = repo(&format!("acme/w{worker}"));
                 let shared = b"base layer shared by every image".as_slice();
                 let own = format!("layer {worker}-{i}");

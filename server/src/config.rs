@@ -203,6 +203,34 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Top-level configuration keys: `BERTH_*` variables naming anything else
+/// (`BERTH_CONFIG`, read by the command line, or other tools' variables)
+/// are not configuration. Typos below a known key are still refused.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "log",
+    "storage",
+    "limits",
+    "gc",
+    "auth",
+    "tls",
+    "nodes",
+    "admin_socket",
+    "shutdown_timeout_secs",
+];
+
+fn config_env_vars() -> std::collections::HashMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.strip_prefix("BERTH_").is_some_and(|rest| {
+                let key = rest.to_ascii_lowercase();
+                TOP_LEVEL_KEYS.contains(&key.split("__").next().unwrap_or(""))
+            })
+        })
+        .collect()
+}
+
 impl Config {
     /// Loads defaults, then `file` (if given; it must exist), then the
     /// environment, then `overrides`, and validates the result.
@@ -221,7 +249,8 @@ impl Config {
             config::Environment::with_prefix("BERTH")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(config_env_vars())),
         );
         let set = |b: config::ConfigBuilder<config::builder::DefaultState>, k: &str, v: String| {
             b.set_override(k, v)

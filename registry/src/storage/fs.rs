@@ -86,48 +86,33 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A thread that fsyncs the staged file while the writer goes on, so that
-/// disk writes overlap with receiving the rest of the upload and the final
-/// fsync waits for the tail only. (`sync_file_range` would do this without
-/// a thread, but only through `unsafe` libc calls, which the workspace
-/// forbids.)
-struct Flusher {
-    kick: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Flusher {
-    fn start(file: &File) -> io::Result<Self> {
-        let file = file.try_clone()?;
-        // Capacity 1: kicks arriving while a sync runs coalesce into one.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("berth-flush".into())
-            .spawn(move || {
-                while rx.recv().is_ok() {
-                    // Errors surface in the writer's own final sync_data.
-                    let _ = file.sync_data();
-                }
-            })?;
-        Ok(Flusher {
-            kick: Some(tx),
-            thread: Some(thread),
-        })
+/// Starts writing the staged file back to disk on a short-lived thread, so
+/// that disk writes overlap with receiving the rest of the upload and the
+/// commit's fsync waits for the tail only. Nobody waits for this thread: it
+/// is a head start, not a durability step. (`sync_file_range` would do
+/// this without a thread, but only through `unsafe` libc calls, which the
+/// workspace forbids.)
+fn start_writeback(file: &File, in_flight: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    // One writeback at a time per upload; later kicks are covered by the
+    // next one or by the commit's fsync.
+    if in_flight.swap(true, Ordering::AcqRel) {
+        return;
     }
-
-    fn kick(&self) {
-        if let Some(k) = &self.kick {
-            let _ = k.try_send(());
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        self.kick.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    let Ok(file) = file.try_clone() else {
+        in_flight.store(false, Ordering::Release);
+        return;
+    };
+    let flag = in_flight.clone();
+    let spawned = std::thread::Builder::new()
+        .name("berth-writeback".into())
+        .spawn(move || {
+            // Errors surface in the commit's own fsync.
+            let _ = file.sync_data();
+            flag.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        in_flight.store(false, Ordering::Release);
     }
 }
 
@@ -160,26 +145,23 @@ fn write_chunks(
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     let mut written = 0u64;
     let mut kicked = 0u64;
-    let mut flusher: Option<Flusher> = None;
+    let writeback = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     while let Some(chunk) = rx.blocking_recv() {
         hasher.update(&chunk);
         out.write_all(&chunk)?;
         written += chunk.len() as u64;
         if written - kicked >= WRITEBACK_STEP {
             out.flush()?;
-            if flusher.is_none() {
-                flusher = Some(Flusher::start(out.get_ref())?);
-            }
-            if let Some(f) = &flusher {
-                f.kick();
-            }
+            start_writeback(out.get_ref(), &writeback);
             kicked = written;
         }
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    drop(flusher);
-    // Durable before the new offset is recorded and acknowledged.
-    file.sync_data()?;
+    // In the page cache now: safe against a crash of the process. Staged
+    // bytes are made durable by the commit's fsync, before anything becomes
+    // visible; if power fails first, the session finds fewer bytes than it
+    // acknowledged, and the next write or the commit reports it as corrupt
+    // (the client restarts the upload) rather than storing a bad blob.
+    out.flush()?;
     Ok((written, hasher))
 }
 
@@ -315,7 +297,16 @@ impl BlobStore for FsBlobStore {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if file.metadata()?.len() != len {
+            let on_disk = file.metadata()?.len();
+            if on_disk < len {
+                // Acknowledged bytes lost (power failure before the data
+                // reached the disk): never pad, never publish.
+                return Err(StorageError::Corrupt(format!(
+                    "upload {id_owned} holds {on_disk} bytes, {len} were acknowledged"
+                )));
+            }
+            if on_disk > len {
+                // Bytes of a request that was never acknowledged.
                 file.set_len(len)?;
             }
             file.sync_all()?;

@@ -86,7 +86,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Appends `body` to the staged upload `id` at `offset`, feeding the
     /// bytes to `hasher`. Bytes beyond `offset` left by an earlier,
     /// unacknowledged write are discarded first. Stops at `max_total` bytes.
-    /// The written bytes are durable when this returns.
+    /// The written bytes survive a crash of the process when this returns;
+    /// they are made durable against power loss by `upload_commit`, which
+    /// reports staged data lost to a power failure as `Corrupt`.
     async fn upload_write(
         &self,
         id: &str,

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use registry::Digest;
 use registry::manifest::media_types::OCI_INDEX;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::error::{Code, OciError, OciResult};
 use super::{Query, repo_name};
@@ -40,28 +40,47 @@ fn paged_response(
 ) -> Response {
     let more = items.len() > n;
     items.truncate(n);
-    let mut body = Map::new();
+    // Written straight from the list (no intermediate JSON value): a page
+    // may hold thousands of names.
+    let mut body = Vec::with_capacity(64 + items.iter().map(|i| i.len() + 3).sum::<usize>());
+    body.push(b'{');
     if let Some((k, v)) = extra {
-        body.insert(k.to_owned(), Value::String(v.to_owned()));
+        write_json_str(&mut body, k);
+        body.push(b':');
+        write_json_str(&mut body, v);
+        body.push(b',');
     }
-    let last = items.last().cloned();
-    body.insert(key.to_owned(), json!(items));
+    write_json_str(&mut body, key);
+    body.extend_from_slice(b":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_json_str(&mut body, item);
+    }
+    body.extend_from_slice(b"]}");
     let mut resp = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        Value::Object(body).to_string(),
+        body,
     )
         .into_response();
-    if let (true, Some(last)) = (more, last) {
+    if let (true, Some(last)) = (more, items.last()) {
         let query: String = form_urlencoded::Serializer::new(String::new())
             .append_pair("n", &n.to_string())
-            .append_pair("last", &last)
+            .append_pair("last", last)
             .finish();
         if let Ok(v) = format!("<{link_path}?{query}>; rel=\"next\"").parse() {
             resp.headers_mut().insert(header::LINK, v);
         }
     }
     resp
+}
+
+/// Appends `s` as a JSON string (serde_json escapes it).
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 pub(super) async fn tags(
