@@ -589,9 +589,15 @@ impl AuthService {
             }
             Err(e) => {
                 self.failed(username, source);
+                // Attributed to the account of the user named, if any, so
+                // that `admin audit --account` shows attempts on its users.
+                let account_id = match self.inner.store.user_by_name(username).await {
+                    Ok(Some(u)) => Some(u.account_id),
+                    _ => None,
+                };
                 self.audit(AuditEvent {
                     at: now_millis(),
-                    account_id: None,
+                    account_id,
                     actor: username.chars().take(128).collect(),
                     action: "login".into(),
                     target: None,

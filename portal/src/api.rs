@@ -53,8 +53,9 @@ pub(crate) fn registry_host(state: &PortalState, headers: &HeaderMap) -> String 
         .filter(|h| {
             !h.is_empty()
                 && h.len() < 256
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
         })
         .unwrap_or("localhost")
         .to_owned()

@@ -108,8 +108,7 @@ pub fn source(parts_ext: &http::Extensions) -> Option<String> {
 /// Equality that takes the same time wherever the strings differ.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0

@@ -119,14 +119,16 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, main: &str) -> String {
     out.push_str("<link rel=\"stylesheet\" href=\"/assets/portal.css\">\n");
     out.push_str("<script src=\"/assets/portal.js\" defer></script>\n</head>\n<body>\n");
     out.push_str("<header class=\"topbar\">\n<a class=\"brand\" href=\"/repositories\">");
-    out.push_str("<img src=\"/assets/favicon.svg\" alt=\"\" width=\"22\" height=\"22\"> Berth</a>\n");
+    out.push_str(
+        "<img src=\"/assets/favicon.svg\" alt=\"\" width=\"22\" height=\"22\"> Berth</a>\n",
+    );
     if let Some(v) = viewer {
         out.push_str("<nav><a href=\"/repositories\">Repositories</a></nav>\n");
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<div class=\"who\"><span class=\"user\">{}</span> <span class=\"role\">{}</span>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <button type=\"submit\" class=\"link\" id=\"sign-out\">Sign out</button></form></div>\n",
+             <button type=\"submit\" class=\"link\" id=\"sign-out\">Sign out</button></form></div>",
             esc(v.subject),
             esc(v.role),
             esc(v.csrf)

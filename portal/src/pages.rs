@@ -107,7 +107,12 @@ pub async fn home(State(state): State<PortalState>, headers: HeaderMap) -> Respo
     }
 }
 
-fn sign_in_page(state: &PortalState, status: StatusCode, error: Option<&str>, user: &str) -> Response {
+fn sign_in_page(
+    state: &PortalState,
+    status: StatusCode,
+    error: Option<&str>,
+    user: &str,
+) -> Response {
     let token = uuid::Uuid::new_v4().simple().to_string();
     let mut main = String::from(
         "<section class=\"card narrow signin\">\n<h1>Sign in to Berth</h1>\n\
@@ -132,7 +137,10 @@ fn sign_in_page(state: &PortalState, status: StatusCode, error: Option<&str>, us
         esc(user)
     );
     let resp = html(status, page("Sign in", None, &main));
-    with_cookie(resp, cookie_value(state, LOGIN_COOKIE, &token, "/login", 3600))
+    with_cookie(
+        resp,
+        cookie_value(state, LOGIN_COOKIE, &token, "/login", 3600),
+    )
 }
 
 /// `GET /login`.
@@ -219,7 +227,11 @@ pub async fn sign_in(
 }
 
 /// `POST /logout` (form: csrf).
-pub async fn sign_out(State(state): State<PortalState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn sign_out(
+    State(state): State<PortalState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(auth) = &state.auth else {
         return accounts_disabled();
     };
@@ -265,7 +277,14 @@ pub async fn repositories(
     let pairs = query_pairs(query.as_deref());
     let params = match ListParams::parse(&pairs) {
         Ok(p) => p,
-        Err(e) => return error_page(StatusCode::BAD_REQUEST, Some(&s), "Bad request", &e.to_string()),
+        Err(e) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                Some(&s),
+                "Bad request",
+                &e.to_string(),
+            );
+        }
     };
     // Where this page starts, for "Showing 51–100": cursors do not know.
     let start = query_value(&pairs, "start")
@@ -286,7 +305,10 @@ pub async fn repositories(
         host: &host,
         can_delete: caller.can_delete(),
     });
-    html(StatusCode::OK, page("Repositories", Some(&viewer(&s)), &main))
+    html(
+        StatusCode::OK,
+        page("Repositories", Some(&viewer(&s)), &main),
+    )
 }
 
 fn api_error_page(s: &PortalSession, e: ApiError) -> Response {
@@ -339,7 +361,10 @@ pub async fn repository(
         host: &host,
         can_delete: caller.can_delete(),
     });
-    html(StatusCode::OK, page(repo.as_str(), Some(&viewer(&s)), &main))
+    html(
+        StatusCode::OK,
+        page(repo.as_str(), Some(&viewer(&s)), &main),
+    )
 }
 
 /// `GET /assets/{file}`: the embedded script, style sheet and icon.

@@ -75,7 +75,10 @@ async fn openapi_document_is_complete_and_every_route_is_in_it() {
     }
     for (method, path) in &documented {
         let op = &doc["paths"][path][method.to_lowercase()];
-        assert!(op["operationId"].is_string(), "{method} {path}: operationId");
+        assert!(
+            op["operationId"].is_string(),
+            "{method} {path}: operationId"
+        );
         assert!(
             op["responses"].as_object().is_some_and(|r| !r.is_empty()),
             "{method} {path}: responses"
@@ -109,7 +112,10 @@ async fn openapi_document_is_complete_and_every_route_is_in_it() {
         .difference(&routed)
         .filter(|(_, p)| p != "/api/v1/gc")
         .collect();
-    assert!(extra.is_empty(), "documented, not in portal::ROUTES: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "documented, not in portal::ROUTES: {extra:?}"
+    );
 }
 
 #[tokio::test]
@@ -132,30 +138,50 @@ async fn me_names_the_caller_account_namespace_role_and_host() {
     );
     let secret = h.credential("alice").await;
     let r = h
-        .call(&Who::Basic("alice", &secret), Method::GET, "/api/v1/me", None)
+        .call(
+            &Who::Basic("alice", &secret),
+            Method::GET,
+            "/api/v1/me",
+            None,
+        )
         .await;
     assert_eq!(r.json()["role"], "admin");
     assert_eq!(r.json()["can_delete"], true);
     // The configured public URL wins over the Host header.
-    let h = Harness::with(|c| c.auth.public_url = Some("https://registry.example.com/".into())).await;
+    let h =
+        Harness::with(|c| c.auth.public_url = Some("https://registry.example.com/".into())).await;
     h.user("acme", NS, "alice", Role::Admin).await;
     let s = h.sign_in("alice").await;
-    let r = h.call(&Who::Session(&s), Method::GET, "/api/v1/me", None).await;
+    let r = h
+        .call(&Who::Session(&s), Method::GET, "/api/v1/me", None)
+        .await;
     assert_eq!(r.json()["registry"], "registry.example.com");
 }
 
 #[tokio::test]
 async fn unauthenticated_and_bad_credentials_get_401() {
     let h = two_accounts().await;
-    let r = h.call(&Who::Nobody, Method::GET, "/api/v1/repositories", None).await;
+    let r = h
+        .call(&Who::Nobody, Method::GET, "/api/v1/repositories", None)
+        .await;
     r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     let r = h
-        .call(&Who::Basic("alice", "bcl_wrong_secret"), Method::GET, "/api/v1/me", None)
+        .call(
+            &Who::Basic("alice", "bcl_wrong_secret"),
+            Method::GET,
+            "/api/v1/me",
+            None,
+        )
         .await;
     r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     // A password is for the portal's sign-in form, not for the API.
     let r = h
-        .call(&Who::Basic("alice", common::PASSWORD), Method::GET, "/api/v1/me", None)
+        .call(
+            &Who::Basic("alice", common::PASSWORD),
+            Method::GET,
+            "/api/v1/me",
+            None,
+        )
         .await;
     r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     let r = h
@@ -177,14 +203,22 @@ async fn unauthenticated_and_bad_credentials_get_401() {
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    let r = h.call(&Who::Session(&s), Method::GET, "/api/v1/me", None).await;
+    let r = h
+        .call(&Who::Session(&s), Method::GET, "/api/v1/me", None)
+        .await;
     r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
 }
 
 #[tokio::test]
 async fn repositories_page_filter_and_stay_in_the_namespace() {
     let h = two_accounts().await;
-    for name in ["alpine", "nginx", "nginx-proxy", "redis", "tools/nginx-exporter"] {
+    for name in [
+        "alpine",
+        "nginx",
+        "nginx-proxy",
+        "redis",
+        "tools/nginx-exporter",
+    ] {
         h.push(&format!("{NS}/{name}"), &["latest"], name).await;
     }
     let s = h.sign_in("rita").await;
@@ -228,7 +262,10 @@ async fn repositories_page_filter_and_stay_in_the_namespace() {
         next = p["next"].as_str().map(str::to_owned);
     }
     assert_eq!(all.len(), 5, "{all:?}");
-    assert!(all.iter().all(|n| n.starts_with("acme.example.io/")), "{all:?}");
+    assert!(
+        all.iter().all(|n| n.starts_with("acme.example.io/")),
+        "{all:?}"
+    );
 
     let r = h
         .call(&who, Method::GET, "/api/v1/repositories?q=nginx", None)
@@ -242,9 +279,19 @@ async fn repositories_page_filter_and_stay_in_the_namespace() {
         .await;
     assert_eq!(r.json()["total"], 0);
 
-    for bad in ["limit=0", "limit=1001", "limit=ten", &format!("q={}", "x".repeat(300))] {
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        &format!("q={}", "x".repeat(300)),
+    ] {
         let r = h
-            .call(&who, Method::GET, &format!("/api/v1/repositories?{bad}"), None)
+            .call(
+                &who,
+                Method::GET,
+                &format!("/api/v1/repositories?{bad}"),
+                None,
+            )
             .await;
         r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     }
@@ -273,21 +320,43 @@ async fn repository_tags_with_digests_platforms_and_pull_uris() {
     assert_eq!(names, ["1.26", "1.27", "latest"]);
     let t = &tags[1];
     assert_eq!(t["digest"], digest.as_str());
-    assert_eq!(t["media_type"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        t["media_type"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
     assert_eq!(t["platforms"], json!(["linux/amd64"]));
     assert!(t["size"].as_u64().unwrap() > 0);
     assert!(t["pushed_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(t["pull_by_tag"], format!("127.0.0.1:5000/{repo}:1.27"));
-    assert_eq!(t["pull_by_digest"], format!("127.0.0.1:5000/{repo}@{digest}"));
+    assert_eq!(
+        t["pull_by_digest"],
+        format!("127.0.0.1:5000/{repo}@{digest}")
+    );
     assert_eq!(tags[0]["digest"], other.as_str());
 
     let who = Who::Session(&s);
     for (uri, status, code) in [
         // Another account's existing repository looks like a missing one.
-        ("/api/v1/repositories/globex.io/secret", StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("/api/v1/repositories/acme.example.io/missing", StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("/api/v1/repositories/acme.example.io/UPPER", StatusCode::BAD_REQUEST, "NAME_INVALID"),
-        ("/api/v1/repositories/acme.example.io/nginx/-/nope", StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+        (
+            "/api/v1/repositories/globex.io/secret",
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "/api/v1/repositories/acme.example.io/missing",
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "/api/v1/repositories/acme.example.io/UPPER",
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "/api/v1/repositories/acme.example.io/nginx/-/nope",
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
     ] {
         h.call(&who, Method::GET, uri, None)
             .await
@@ -314,20 +383,85 @@ async fn deleting_a_repository_takes_an_admin_the_csrf_token_and_its_name() {
     let dave_secret = h.credential("dave").await;
     let uri = format!("/api/v1/repositories/{repo}?confirm={repo}");
     let refusals: Vec<(&str, Who<'_>, String, StatusCode, &str)> = vec![
-        ("unauthenticated", Who::Nobody, uri.clone(), StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
-        ("reader", Who::Session(&rita), uri.clone(), StatusCode::FORBIDDEN, "DENIED"),
-        ("developer session", Who::Session(&dave), uri.clone(), StatusCode::FORBIDDEN, "DENIED"),
-        ("developer basic", Who::Basic("dave", &dave_secret), uri.clone(), StatusCode::FORBIDDEN, "DENIED"),
-        ("no CSRF token", Who::CookieOnly(&alice), uri.clone(), StatusCode::FORBIDDEN, "CSRF_TOKEN_INVALID"),
-        ("wrong CSRF token", Who::WrongCsrf(&alice), uri.clone(), StatusCode::FORBIDDEN, "CSRF_TOKEN_INVALID"),
-        ("another account's admin", Who::Session(&gary), uri.clone(), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("no confirmation", Who::Session(&alice), format!("/api/v1/repositories/{repo}"), StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH"),
-        ("wrong confirmation", Who::Session(&alice), format!("/api/v1/repositories/{repo}?confirm=nginx"), StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH"),
-        ("confirmation of a tag", Who::Session(&alice), format!("/api/v1/repositories/{repo}?confirm=latest"), StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH"),
+        (
+            "unauthenticated",
+            Who::Nobody,
+            uri.clone(),
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+        ),
+        (
+            "reader",
+            Who::Session(&rita),
+            uri.clone(),
+            StatusCode::FORBIDDEN,
+            "DENIED",
+        ),
+        (
+            "developer session",
+            Who::Session(&dave),
+            uri.clone(),
+            StatusCode::FORBIDDEN,
+            "DENIED",
+        ),
+        (
+            "developer basic",
+            Who::Basic("dave", &dave_secret),
+            uri.clone(),
+            StatusCode::FORBIDDEN,
+            "DENIED",
+        ),
+        (
+            "no CSRF token",
+            Who::CookieOnly(&alice),
+            uri.clone(),
+            StatusCode::FORBIDDEN,
+            "CSRF_TOKEN_INVALID",
+        ),
+        (
+            "wrong CSRF token",
+            Who::WrongCsrf(&alice),
+            uri.clone(),
+            StatusCode::FORBIDDEN,
+            "CSRF_TOKEN_INVALID",
+        ),
+        (
+            "another account's admin",
+            Who::Session(&gary),
+            uri.clone(),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "no confirmation",
+            Who::Session(&alice),
+            format!("/api/v1/repositories/{repo}"),
+            StatusCode::BAD_REQUEST,
+            "CONFIRMATION_MISMATCH",
+        ),
+        (
+            "wrong confirmation",
+            Who::Session(&alice),
+            format!("/api/v1/repositories/{repo}?confirm=nginx"),
+            StatusCode::BAD_REQUEST,
+            "CONFIRMATION_MISMATCH",
+        ),
+        (
+            "confirmation of a tag",
+            Who::Session(&alice),
+            format!("/api/v1/repositories/{repo}?confirm=latest"),
+            StatusCode::BAD_REQUEST,
+            "CONFIRMATION_MISMATCH",
+        ),
     ];
     for (what, who, uri, status, code) in &refusals {
         let r = h.call(who, Method::DELETE, uri, None).await;
-        assert_eq!((r.status, r.error_code().as_str()), (*status, *code), "{what}: {}", r.text());
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (*status, *code),
+            "{what}: {}",
+            r.text()
+        );
         unchanged(&h, &repo, &["1.27", "latest"]).await;
     }
     // globex's admin cannot delete acme's repository, nor acme's globex's.
@@ -342,15 +476,21 @@ async fn deleting_a_repository_takes_an_admin_the_csrf_token_and_its_name() {
     r.assert_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
     unchanged(&h, "globex.io/secret", &["v1"]).await;
 
-    let r = h.call(&Who::Session(&alice), Method::DELETE, &uri, None).await;
+    let r = h
+        .call(&Who::Session(&alice), Method::DELETE, &uri, None)
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     assert_eq!(h.tags(&repo).await, None);
-    let r = h.call(&Who::Session(&alice), Method::DELETE, &uri, None).await;
+    let r = h
+        .call(&Who::Session(&alice), Method::DELETE, &uri, None)
+        .await;
     r.assert_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN");
     // Basic credentials of an admin need no CSRF token.
     h.push(&repo, &["again"], "again").await;
     let secret = h.credential("alice").await;
-    let r = h.call(&Who::Basic("alice", &secret), Method::DELETE, &uri, None).await;
+    let r = h
+        .call(&Who::Basic("alice", &secret), Method::DELETE, &uri, None)
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     // The delete is audited.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -364,7 +504,9 @@ async fn deleting_a_repository_takes_an_admin_the_csrf_token_and_its_name() {
         .await
         .unwrap();
     assert!(
-        log.iter().any(|e| e.actor == "alice" && e.target.as_deref() == Some(&format!("repository {repo}"))),
+        log.iter()
+            .any(|e| e.actor == "alice"
+                && e.target.as_deref() == Some(&format!("repository {repo}"))),
         "{log:?}"
     );
 }
@@ -380,49 +522,146 @@ async fn deleting_a_tag_keeps_the_other_tags_of_its_digest() {
     };
     let all = ["1.27", "latest", "stable"];
     for (what, who, uri, status, code) in [
-        ("reader", Who::Session(&rita), tag_uri("latest", "latest"), StatusCode::FORBIDDEN, "DENIED"),
-        ("no CSRF token", Who::CookieOnly(&alice), tag_uri("latest", "latest"), StatusCode::FORBIDDEN, "CSRF_TOKEN_INVALID"),
-        ("wrong confirmation", Who::Session(&alice), tag_uri("latest", "1.27"), StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH"),
-        ("unknown tag", Who::Session(&alice), tag_uri("nope", "nope"), StatusCode::NOT_FOUND, "TAG_UNKNOWN"),
-        ("invalid tag", Who::Session(&alice), tag_uri("-x", "-x"), StatusCode::BAD_REQUEST, "TAG_INVALID"),
-        ("other namespace", Who::Session(&alice), "/api/v1/repositories/globex.io/secret/-/tags/v1?confirm=v1".into(), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("missing repository", Who::Session(&alice), format!("/api/v1/repositories/{NS}/gone/-/tags/v1?confirm=v1"), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
+        (
+            "reader",
+            Who::Session(&rita),
+            tag_uri("latest", "latest"),
+            StatusCode::FORBIDDEN,
+            "DENIED",
+        ),
+        (
+            "no CSRF token",
+            Who::CookieOnly(&alice),
+            tag_uri("latest", "latest"),
+            StatusCode::FORBIDDEN,
+            "CSRF_TOKEN_INVALID",
+        ),
+        (
+            "wrong confirmation",
+            Who::Session(&alice),
+            tag_uri("latest", "1.27"),
+            StatusCode::BAD_REQUEST,
+            "CONFIRMATION_MISMATCH",
+        ),
+        (
+            "unknown tag",
+            Who::Session(&alice),
+            tag_uri("nope", "nope"),
+            StatusCode::NOT_FOUND,
+            "TAG_UNKNOWN",
+        ),
+        (
+            "invalid tag",
+            Who::Session(&alice),
+            tag_uri("-x", "-x"),
+            StatusCode::BAD_REQUEST,
+            "TAG_INVALID",
+        ),
+        (
+            "other namespace",
+            Who::Session(&alice),
+            "/api/v1/repositories/globex.io/secret/-/tags/v1?confirm=v1".into(),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "missing repository",
+            Who::Session(&alice),
+            format!("/api/v1/repositories/{NS}/gone/-/tags/v1?confirm=v1"),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
     ] {
         let r = h.call(&who, Method::DELETE, &uri, None).await;
-        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{what}: {}", r.text());
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{what}: {}",
+            r.text()
+        );
         unchanged(&h, &repo, &all).await;
     }
     unchanged(&h, "globex.io/secret", &["v1"]).await;
 
     let r = h
-        .call(&Who::Session(&alice), Method::DELETE, &tag_uri("latest", "latest"), None)
+        .call(
+            &Who::Session(&alice),
+            Method::DELETE,
+            &tag_uri("latest", "latest"),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     unchanged(&h, &repo, &["1.27", "stable"]).await;
     let r = h
-        .call(&Who::Session(&alice), Method::GET, &format!("/api/v1/repositories/{repo}"), None)
+        .call(
+            &Who::Session(&alice),
+            Method::GET,
+            &format!("/api/v1/repositories/{repo}"),
+            None,
+        )
         .await;
-    assert!(r.json()["tags"].as_array().unwrap().iter().all(|t| t["digest"] == digest.as_str()));
+    assert!(
+        r.json()["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["digest"] == digest.as_str())
+    );
 
     // Several at once: each confirmed, all checked before any goes.
     let batch = format!("/api/v1/repositories/{repo}/-/tags:delete");
     for (body, status, code) in [
-        (json!({"tags": [{"tag": "1.27", "confirm": "1.27"}, {"tag": "stable", "confirm": "stabl"}]}), StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH"),
-        (json!({"tags": [{"tag": "1.27", "confirm": "1.27"}, {"tag": "latest", "confirm": "latest"}]}), StatusCode::NOT_FOUND, "TAG_UNKNOWN"),
-        (json!({"tags": []}), StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
-        (json!({"tags": [{"tag": "1.27"}]}), StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+        (
+            json!({"tags": [{"tag": "1.27", "confirm": "1.27"}, {"tag": "stable", "confirm": "stabl"}]}),
+            StatusCode::BAD_REQUEST,
+            "CONFIRMATION_MISMATCH",
+        ),
+        (
+            json!({"tags": [{"tag": "1.27", "confirm": "1.27"}, {"tag": "latest", "confirm": "latest"}]}),
+            StatusCode::NOT_FOUND,
+            "TAG_UNKNOWN",
+        ),
+        (
+            json!({"tags": []}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            json!({"tags": [{"tag": "1.27"}]}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
     ] {
-        let r = h.call(&Who::Session(&alice), Method::POST, &batch, Some(body)).await;
+        let r = h
+            .call(&Who::Session(&alice), Method::POST, &batch, Some(body))
+            .await;
         r.assert_error(status, code);
         unchanged(&h, &repo, &["1.27", "stable"]).await;
     }
     let body = json!({"tags": [{"tag": "1.27", "confirm": "1.27"}, {"tag": "stable", "confirm": "stable"}]});
-    let r = h.call(&Who::Session(&rita), Method::POST, &batch, Some(body.clone())).await;
+    let r = h
+        .call(
+            &Who::Session(&rita),
+            Method::POST,
+            &batch,
+            Some(body.clone()),
+        )
+        .await;
     r.assert_error(StatusCode::FORBIDDEN, "DENIED");
-    let r = h.call(&Who::CookieOnly(&alice), Method::POST, &batch, Some(body.clone())).await;
+    let r = h
+        .call(
+            &Who::CookieOnly(&alice),
+            Method::POST,
+            &batch,
+            Some(body.clone()),
+        )
+        .await;
     r.assert_error(StatusCode::FORBIDDEN, "CSRF_TOKEN_INVALID");
     unchanged(&h, &repo, &["1.27", "stable"]).await;
-    let r = h.call(&Who::Session(&alice), Method::POST, &batch, Some(body)).await;
+    let r = h
+        .call(&Who::Session(&alice), Method::POST, &batch, Some(body))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json(), json!({"deleted": ["1.27", "stable"]}));
     assert_eq!(h.tags(&repo).await.unwrap(), Vec::<String>::new());
@@ -440,25 +679,76 @@ async fn deleting_several_repositories_checks_all_of_them_first() {
     let uri = "/api/v1/repositories:delete";
     let item = |n: &str, c: &str| json!({"name": n, "confirm": c});
     let cases = [
-        ("one wrong confirmation", json!({"repositories": [item(&a, &a), item(&b, "b")]}), StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH"),
-        ("one missing", json!({"repositories": [item(&a, &a), item(&format!("{NS}/zz"), &format!("{NS}/zz"))]}), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("one of another account", json!({"repositories": [item(&a, &a), item("globex.io/secret", "globex.io/secret")]}), StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-        ("one invalid", json!({"repositories": [item(&a, &a), item("Bad Name", "Bad Name")]}), StatusCode::BAD_REQUEST, "NAME_INVALID"),
-        ("none", json!({"repositories": []}), StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
-        ("unknown field", json!({"repositories": [item(&a, &a)], "force": true}), StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
-        ("not a list", json!({"repositories": a}), StatusCode::BAD_REQUEST, "INVALID_REQUEST"),
+        (
+            "one wrong confirmation",
+            json!({"repositories": [item(&a, &a), item(&b, "b")]}),
+            StatusCode::BAD_REQUEST,
+            "CONFIRMATION_MISMATCH",
+        ),
+        (
+            "one missing",
+            json!({"repositories": [item(&a, &a), item(&format!("{NS}/zz"), &format!("{NS}/zz"))]}),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "one of another account",
+            json!({"repositories": [item(&a, &a), item("globex.io/secret", "globex.io/secret")]}),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "one invalid",
+            json!({"repositories": [item(&a, &a), item("Bad Name", "Bad Name")]}),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "none",
+            json!({"repositories": []}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "unknown field",
+            json!({"repositories": [item(&a, &a)], "force": true}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
+        (
+            "not a list",
+            json!({"repositories": a}),
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+        ),
     ];
     for (what, body, status, code) in cases {
-        let r = h.call(&Who::Session(&alice), Method::POST, uri, Some(body)).await;
-        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{what}: {}", r.text());
+        let r = h
+            .call(&Who::Session(&alice), Method::POST, uri, Some(body))
+            .await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{what}: {}",
+            r.text()
+        );
         for r in [&a, &b, &c] {
             unchanged(&h, r, &["v1"]).await;
         }
     }
     let good = json!({"repositories": [item(&a, &a), item(&b, &b)]});
-    let r = h.call(&Who::Session(&rita), Method::POST, uri, Some(good.clone())).await;
+    let r = h
+        .call(&Who::Session(&rita), Method::POST, uri, Some(good.clone()))
+        .await;
     r.assert_error(StatusCode::FORBIDDEN, "DENIED");
-    let r = h.call(&Who::WrongCsrf(&alice), Method::POST, uri, Some(good.clone())).await;
+    let r = h
+        .call(
+            &Who::WrongCsrf(&alice),
+            Method::POST,
+            uri,
+            Some(good.clone()),
+        )
+        .await;
     r.assert_error(StatusCode::FORBIDDEN, "CSRF_TOKEN_INVALID");
     // Not JSON: refused (this also keeps cross-site HTML forms out).
     let r = h
@@ -493,7 +783,9 @@ async fn deleting_several_repositories_checks_all_of_them_first() {
         unchanged(&h, r, &["v1"]).await;
     }
 
-    let r = h.call(&Who::Session(&alice), Method::POST, uri, Some(good)).await;
+    let r = h
+        .call(&Who::Session(&alice), Method::POST, uri, Some(good))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json(), json!({"deleted": [a, b]}));
     assert_eq!(h.tags(&a).await, None);
@@ -526,30 +818,73 @@ async fn minting_a_docker_login_credential() {
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
     // It is a working registry credential, and an API credential.
     h.auth().authenticate("rita", secret, None).await.unwrap();
-    let r = h.call(&Who::Basic("rita", secret), Method::GET, "/api/v1/me", None).await;
+    let r = h
+        .call(&Who::Basic("rita", secret), Method::GET, "/api/v1/me", None)
+        .await;
     assert_eq!(r.json()["subject"], "rita");
 
     let r = h
-        .call(&Who::Session(&rita), Method::POST, "/api/v1/credentials", Some(json!({"description": "laptop"})))
+        .call(
+            &Who::Session(&rita),
+            Method::POST,
+            "/api/v1/credentials",
+            Some(json!({"description": "laptop"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let r = h
-        .call(&Who::Session(&rita), Method::POST, "/api/v1/credentials", Some(json!({"ttl": 5})))
+        .call(
+            &Who::Session(&rita),
+            Method::POST,
+            "/api/v1/credentials",
+            Some(json!({"ttl": 5})),
+        )
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
-    let r = h.call(&Who::CookieOnly(&rita), Method::POST, "/api/v1/credentials", None).await;
+    let r = h
+        .call(
+            &Who::CookieOnly(&rita),
+            Method::POST,
+            "/api/v1/credentials",
+            None,
+        )
+        .await;
     r.assert_error(StatusCode::FORBIDDEN, "CSRF_TOKEN_INVALID");
-    let r = h.call(&Who::Nobody, Method::POST, "/api/v1/credentials", None).await;
+    let r = h
+        .call(&Who::Nobody, Method::POST, "/api/v1/credentials", None)
+        .await;
     r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
     assert_eq!(h.auth().credentials("rita").await.unwrap().len(), 2);
 
     // Robots have API keys instead.
-    h.auth().create_robot("acme", "ci", Role::Developer).await.unwrap();
+    h.auth()
+        .create_robot("acme", "ci", Role::Developer)
+        .await
+        .unwrap();
     let robot = format!("robot+{NS}+ci");
-    let key = h.auth().create_api_key(&robot, None, None).await.unwrap().secret;
-    let r = h.call(&Who::Basic(&robot, &key), Method::POST, "/api/v1/credentials", None).await;
+    let key = h
+        .auth()
+        .create_api_key(&robot, None, None)
+        .await
+        .unwrap()
+        .secret;
+    let r = h
+        .call(
+            &Who::Basic(&robot, &key),
+            Method::POST,
+            "/api/v1/credentials",
+            None,
+        )
+        .await;
     r.assert_error(StatusCode::FORBIDDEN, "DENIED");
-    let r = h.call(&Who::Basic(&robot, &key), Method::GET, "/api/v1/repositories", None).await;
+    let r = h
+        .call(
+            &Who::Basic(&robot, &key),
+            Method::GET,
+            "/api/v1/repositories",
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
@@ -557,25 +892,43 @@ async fn minting_a_docker_login_credential() {
 async fn with_accounts_disabled_the_api_is_open_and_the_pages_say_so() {
     let h = Harness::new(false).await;
     h.push("acme/app", &["v1", "v2"], "x").await;
-    let r = h.call(&Who::Nobody, Method::GET, "/api/v1/repositories", None).await;
+    let r = h
+        .call(&Who::Nobody, Method::GET, "/api/v1/repositories", None)
+        .await;
     assert_eq!(r.json()["total"], 1);
     let r = h.call(&Who::Nobody, Method::GET, "/api/v1/me", None).await;
     assert_eq!(r.json()["accounts_enabled"], false);
     assert_eq!(r.json()["can_delete"], true);
-    let r = h.call(&Who::Nobody, Method::POST, "/api/v1/credentials", None).await;
+    let r = h
+        .call(&Who::Nobody, Method::POST, "/api/v1/credentials", None)
+        .await;
     r.assert_error(StatusCode::BAD_REQUEST, "UNSUPPORTED");
     let r = h
-        .call(&Who::Nobody, Method::DELETE, "/api/v1/repositories/acme/app/-/tags/v1?confirm=v2", None)
+        .call(
+            &Who::Nobody,
+            Method::DELETE,
+            "/api/v1/repositories/acme/app/-/tags/v1?confirm=v2",
+            None,
+        )
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "CONFIRMATION_MISMATCH");
     let r = h
-        .call(&Who::Nobody, Method::DELETE, "/api/v1/repositories/acme/app/-/tags/v1?confirm=v1", None)
+        .call(
+            &Who::Nobody,
+            Method::DELETE,
+            "/api/v1/repositories/acme/app/-/tags/v1?confirm=v1",
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(h.tags("acme/app").await.unwrap(), ["v2"]);
     for page in ["/", "/login", "/repositories", "/repositories/acme/app"] {
         let r = h.send(Request::get(page)).await;
         assert_eq!(r.status, StatusCode::OK, "{page}");
-        assert!(r.text().contains("Accounts are disabled"), "{page}: {}", r.text());
+        assert!(
+            r.text().contains("Accounts are disabled"),
+            "{page}: {}",
+            r.text()
+        );
     }
 }

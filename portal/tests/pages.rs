@@ -55,8 +55,16 @@ async fn sign_in_shows_errors_and_sets_a_strict_cookie() {
     );
     let r = h.send_body(req, body.into()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert!(r.text().contains("Wrong username or password."), "{}", r.text());
-    assert!(r.text().contains("value=\"&lt;b&gt;alice\""), "{}", r.text());
+    assert!(
+        r.text().contains("Wrong username or password."),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("value=\"&lt;b&gt;alice\""),
+        "{}",
+        r.text()
+    );
     assert!(!r.text().contains("<b>alice"));
     assert!(r.cookie("berth_session").is_none());
 
@@ -65,14 +73,22 @@ async fn sign_in_shows_errors_and_sets_a_strict_cookie() {
         &h,
         "/login",
         "",
-        format!("username=alice&password={}&csrf={token}", PASSWORD.replace(' ', "+")),
+        format!(
+            "username=alice&password={}&csrf={token}",
+            PASSWORD.replace(' ', "+")
+        ),
     );
     let r = h.send_body(req, body.into()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.text().contains("The sign-in form expired"));
     assert!(r.cookie("berth_session").is_none());
 
-    let (req, body) = form(&h, "/login", &cookie, format!("username=alice&password=&csrf={token}"));
+    let (req, body) = form(
+        &h,
+        "/login",
+        &cookie,
+        format!("username=alice&password=&csrf={token}"),
+    );
     let r = h.send_body(req, body.into()).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
@@ -80,7 +96,10 @@ async fn sign_in_shows_errors_and_sets_a_strict_cookie() {
         &h,
         "/login",
         &cookie,
-        format!("username=alice&password={}&csrf={token}", PASSWORD.replace(' ', "+")),
+        format!(
+            "username=alice&password={}&csrf={token}",
+            PASSWORD.replace(' ', "+")
+        ),
     );
     let r = h.send_body(req, body.into()).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
@@ -93,7 +112,9 @@ async fn sign_in_shows_errors_and_sets_a_strict_cookie() {
     // Signed in, / and /login lead to the repositories.
     let c = format!("berth_session={}", r.cookie("berth_session").unwrap());
     assert_eq!(
-        h.send(Request::get("/login").header(header::COOKIE, &c)).await.header("location"),
+        h.send(Request::get("/login").header(header::COOKIE, &c))
+            .await
+            .header("location"),
         "/repositories"
     );
 }
@@ -110,7 +131,10 @@ async fn cookies_are_secure_behind_tls() {
         &h,
         "/login",
         &format!("berth_login={login}"),
-        format!("username=alice&password={}&csrf={token}", PASSWORD.replace(' ', "+")),
+        format!(
+            "username=alice&password={}&csrf={token}",
+            PASSWORD.replace(' ', "+")
+        ),
     );
     let r = h.send_body(req, body.into()).await;
     assert!(r.set_cookie("berth_session").unwrap().contains("; Secure"));
@@ -124,13 +148,17 @@ async fn sign_out_needs_the_csrf_token_and_ends_the_session() {
     let (req, body) = form(&h, "/logout", &c, "csrf=wrong".into());
     let r = h.send_body(req, body.into()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    let r = h.send(Request::get("/repositories").header(header::COOKIE, &c)).await;
+    let r = h
+        .send(Request::get("/repositories").header(header::COOKIE, &c))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "still signed in");
     let (req, body) = form(&h, "/logout", &c, format!("csrf={}", s.csrf));
     let r = h.send_body(req, body.into()).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(r.set_cookie("berth_session").unwrap().contains("Max-Age=0"));
-    let r = h.send(Request::get("/repositories").header(header::COOKIE, &c)).await;
+    let r = h
+        .send(Request::get("/repositories").header(header::COOKIE, &c))
+        .await;
     assert_eq!(r.header("location"), "/login");
 }
 
@@ -152,20 +180,32 @@ async fn repositories_page_for_admins_and_readers() {
     assert!(text.contains("<code id=\"namespace-name\">acme.example.io</code>"));
 
     // A push shows at once.
-    h.push(&format!("{NS}/nginx"), &["1.27", "latest"], "nginx").await;
+    h.push(&format!("{NS}/nginx"), &["1.27", "latest"], "nginx")
+        .await;
     h.push(&format!("{NS}/redis"), &["7"], "redis").await;
     h.push("globex.io/secret", &["v1"], "globex").await;
-    let r = h.send(Request::get("/repositories").header(header::COOKIE, c(&alice))).await;
+    let r = h
+        .send(Request::get("/repositories").header(header::COOKIE, c(&alice)))
+        .await;
     let text = r.text();
-    assert!(text.contains("<a href=\"/repositories/acme.example.io/nginx\">"), "{text}");
+    assert!(
+        text.contains("<a href=\"/repositories/acme.example.io/nginx\">"),
+        "{text}"
+    );
     assert!(text.contains("<strong>redis</strong>"));
     assert!(text.contains("<span class=\"badge\">linux/amd64</span>"));
-    assert!(!text.contains("globex"), "another account's repository shows");
+    assert!(
+        !text.contains("globex"),
+        "another account's repository shows"
+    );
     assert!(text.contains("class=\"select\" value=\"acme.example.io/nginx\""));
     assert!(text.contains("id=\"action-delete\" disabled data-allowed=\"true\""));
     assert!(text.contains("id=\"mint-login\""));
     assert!(text.contains("Showing 1–2 of 2"));
-    assert!(text.contains(&format!("<meta name=\"csrf-token\" content=\"{}\">", alice.csrf)));
+    assert!(text.contains(&format!(
+        "<meta name=\"csrf-token\" content=\"{}\">",
+        alice.csrf
+    )));
 
     // A reader sees, without selection boxes, and Delete is disabled.
     let rita = h.sign_in("rita").await;
@@ -181,8 +221,14 @@ async fn repositories_page_for_admins_and_readers() {
     let get = |uri: String| Request::get(uri).header(header::COOKIE, c(&alice));
     let text = h.send(get("/repositories?q=ngi".into())).await.text();
     assert!(text.contains("<strong>nginx</strong>") && !text.contains("<strong>redis</strong>"));
-    let text = h.send(get("/repositories?q=%3Cscript%3Ex".into())).await.text();
-    assert!(text.contains("No repository matches <strong>&lt;script&gt;x</strong>"), "{text}");
+    let text = h
+        .send(get("/repositories?q=%3Cscript%3Ex".into()))
+        .await
+        .text();
+    assert!(
+        text.contains("No repository matches <strong>&lt;script&gt;x</strong>"),
+        "{text}"
+    );
     assert!(!text.contains("<script>x"));
     let text = h.send(get("/repositories?limit=1".into())).await.text();
     assert!(text.contains("Showing 1–1 of 2"));
@@ -191,7 +237,9 @@ async fn repositories_page_for_admins_and_readers() {
         "{text}"
     );
     let text = h
-        .send(get("/repositories?limit=1&after=acme.example.io%2Fnginx&start=2".into()))
+        .send(get(
+            "/repositories?limit=1&after=acme.example.io%2Fnginx&start=2".into(),
+        ))
         .await
         .text();
     assert!(text.contains("Showing 2–2 of 2") && text.contains("<strong>redis</strong>"));
@@ -229,7 +277,10 @@ async fn repository_page_shows_tags_digests_and_pull_uris() {
     ] {
         assert!(text.contains(&needle), "{needle} missing in {text}");
     }
-    for missing in ["/repositories/globex.io/secret", &format!("/repositories/{NS}/nope")] {
+    for missing in [
+        "/repositories/globex.io/secret",
+        &format!("/repositories/{NS}/nope"),
+    ] {
         let r = h.send(get(missing)).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{missing}");
         assert!(r.text().contains("not found"));
@@ -252,12 +303,19 @@ async fn pages_carry_security_headers_and_assets_are_embedded() {
     let alice = h.sign_in("alice").await;
     for r in [
         h.send(Request::get("/login")).await,
-        h.send(Request::get("/repositories").header(header::COOKIE, format!("berth_session={}", alice.cookie)))
+        h.send(
+            Request::get("/repositories")
+                .header(header::COOKIE, format!("berth_session={}", alice.cookie)),
+        )
+        .await,
+        h.call(&Who::Session(&alice), http::Method::GET, "/api/v1/me", None)
             .await,
-        h.call(&Who::Session(&alice), http::Method::GET, "/api/v1/me", None).await,
     ] {
         let csp = r.header("content-security-policy");
-        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
         assert!(csp.contains("frame-ancestors 'none'"));
         assert_eq!(r.header("x-frame-options"), "DENY");
         assert_eq!(r.header("x-content-type-options"), "nosniff");
@@ -265,7 +323,10 @@ async fn pages_carry_security_headers_and_assets_are_embedded() {
     }
     // No inline script or handler anywhere in a page.
     let text = h
-        .send(Request::get("/repositories").header(header::COOKIE, format!("berth_session={}", alice.cookie)))
+        .send(
+            Request::get("/repositories")
+                .header(header::COOKIE, format!("berth_session={}", alice.cookie)),
+        )
         .await
         .text();
     assert!(!text.contains("<script>") && !text.contains(" onclick="));
@@ -275,7 +336,11 @@ async fn pages_carry_security_headers_and_assets_are_embedded() {
         ("favicon.svg", "image/svg+xml"),
     ] {
         let r = h.send(Request::get(format!("/assets/{asset}"))).await;
-        assert_eq!((r.status, r.header("content-type")), (StatusCode::OK, ty), "{asset}");
+        assert_eq!(
+            (r.status, r.header("content-type")),
+            (StatusCode::OK, ty),
+            "{asset}"
+        );
         assert!(!r.body.is_empty());
     }
     assert_eq!(

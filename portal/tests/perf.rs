@@ -27,7 +27,10 @@ async fn fill(h: &Harness, count: usize) {
     let tags = h.registry().repository_tags(&source).await.unwrap();
     let manifest = h
         .registry()
-        .get_manifest(&source, &registry::Reference::Tag(registry::Tag::parse("latest").unwrap()))
+        .get_manifest(
+            &source,
+            &registry::Reference::Tag(registry::Tag::parse("latest").unwrap()),
+        )
         .await
         .unwrap();
     let blobs: Vec<registry::Digest> = {
@@ -89,7 +92,8 @@ async fn repositories_page_and_api_with_ten_thousand_repositories() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     // Metadata commits without fsync: the fixture is throwaway.
-    let h = Harness::with(|c| c.storage.sync = registry::storage::sqlite::Synchronous::Normal).await;
+    let h =
+        Harness::with(|c| c.storage.sync = registry::storage::sqlite::Synchronous::Normal).await;
     h.user("acme", NS, "alice", Role::Admin).await;
     fill(&h, count).await;
     let s = h.sign_in("alice").await;
@@ -105,16 +109,78 @@ async fn repositories_page_and_api_with_ten_thousand_repositories() {
     let n = 21;
     println!("--- {count} repositories in {NS}, {n} requests each (session cookie) ---");
     measure(&h, "API first page (50)", n, api("/api/v1/repositories")).await;
-    measure(&h, "API filtered, one match (q=app-04242)", n, api("/api/v1/repositories?q=app-04242")).await;
-    measure(&h, "API filtered, many matches (q=77)", n, api("/api/v1/repositories?q=77")).await;
-    measure(&h, "API deep page (after=app-09000)", n, api("/api/v1/repositories?after=acme.example.io/app-09000")).await;
-    measure(&h, "API page of 1000", n, api("/api/v1/repositories?limit=1000")).await;
-    measure(&h, "Repositories page (HTML, first 50)", n, page("/repositories")).await;
-    measure(&h, "Repositories page filtered (q=app-04242)", n, page("/repositories?q=app-04242")).await;
-    measure(&h, "Repositories page filtered (q=77)", n, page("/repositories?q=77")).await;
-    measure(&h, "repository page (tags)", n, page("/repositories/acme.example.io/app-04242")).await;
-    let r = h.call(&Who::Session(&s), http::Method::GET, "/api/v1/repositories?q=app-04242", None).await;
+    measure(
+        &h,
+        "API filtered, one match (q=app-04242)",
+        n,
+        api("/api/v1/repositories?q=app-04242"),
+    )
+    .await;
+    measure(
+        &h,
+        "API filtered, many matches (q=77)",
+        n,
+        api("/api/v1/repositories?q=77"),
+    )
+    .await;
+    measure(
+        &h,
+        "API deep page (after=app-09000)",
+        n,
+        api("/api/v1/repositories?after=acme.example.io/app-09000"),
+    )
+    .await;
+    measure(
+        &h,
+        "API page of 1000",
+        n,
+        api("/api/v1/repositories?limit=1000"),
+    )
+    .await;
+    measure(
+        &h,
+        "Repositories page (HTML, first 50)",
+        n,
+        page("/repositories"),
+    )
+    .await;
+    measure(
+        &h,
+        "Repositories page filtered (q=app-04242)",
+        n,
+        page("/repositories?q=app-04242"),
+    )
+    .await;
+    measure(
+        &h,
+        "Repositories page filtered (q=77)",
+        n,
+        page("/repositories?q=77"),
+    )
+    .await;
+    measure(
+        &h,
+        "repository page (tags)",
+        n,
+        page("/repositories/acme.example.io/app-04242"),
+    )
+    .await;
+    let r = h
+        .call(
+            &Who::Session(&s),
+            http::Method::GET,
+            "/api/v1/repositories?q=app-04242",
+            None,
+        )
+        .await;
     assert_eq!(r.json()["total"], if count > 4242 { 1 } else { 0 });
-    let r = h.call(&Who::Session(&s), http::Method::GET, "/api/v1/repositories", None).await;
+    let r = h
+        .call(
+            &Who::Session(&s),
+            http::Method::GET,
+            "/api/v1/repositories",
+            None,
+        )
+        .await;
     assert_eq!(r.json()["total"], count);
 }

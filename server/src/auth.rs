@@ -238,10 +238,12 @@ impl Authorizer for BearerAuthorizer {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let claims = match value {
+        // `basic`: the credentials were checked just now, so a missing
+        // action is a refusal (403), not a reason to ask for a token.
+        let (claims, basic) = match value {
             Some(v) if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") => {
                 match self.auth.verify_token(v[7..].trim()) {
-                    Ok(c) => c,
+                    Ok(c) => (c, false),
                     Err(e) => {
                         tracing::debug!(error = %e, "bearer token refused");
                         return Err(self.challenge(
@@ -255,7 +257,7 @@ impl Authorizer for BearerAuthorizer {
             }
             Some(v) if v.len() > 6 && v[..6].eq_ignore_ascii_case("basic ") => {
                 match self.basic_claims(req, &v[6..], &scope).await {
-                    Ok(c) => c,
+                    Ok(c) => (c, true),
                     Err(AuthError::RateLimited { retry_after_secs }) => {
                         return Err(OciError::new(
                             StatusCode::TOO_MANY_REQUESTS,
@@ -293,9 +295,12 @@ impl Authorizer for BearerAuthorizer {
                     .collect();
                 if missing.is_empty() {
                     Ok(principal)
-                } else if claims.mentions(name.as_str()) {
+                } else if basic || claims.mentions(name.as_str()) {
                     // The token was issued for this repository without these
-                    // actions: asking again will not help.
+                    // actions, or valid Basic credentials lack them: asking
+                    // again will not help. (Without `basic`, a reader's
+                    // `curl -u` DELETE got a 401, as if its credentials
+                    // were wrong, while its PUT got this 403.)
                     Err(OciError::new(
                         StatusCode::FORBIDDEN,
                         Code::Denied,

@@ -108,8 +108,16 @@ impl App {
             auth: Arc::new(OpenAccess),
             ..state.clone()
         };
+        let portal = portal::PortalState::new(registry.clone(), auth.clone())
+            .with_public_url(cfg.auth.public_url.as_deref())
+            .with_secure_cookies(cfg.tls_enabled());
         Ok(App {
-            router: http::router(state, tokens.clone(), cfg.limits.max_concurrent_requests),
+            router: http::router(
+                state,
+                tokens.clone(),
+                portal::router(portal),
+                cfg.limits.max_concurrent_requests,
+            ),
             node_router: tokens.map(|t| http::node_router(t, metrics.clone())),
             admin_router: http::admin_router(admin_state),
             registry,

@@ -363,11 +363,21 @@ async fn berth_api_deletes_repositories_and_runs_gc() {
         StatusCode::CREATED
     );
     let r = h
-        .send(Method::DELETE, "/api/v1/repositories/acme/app", &[], vec![])
+        .send(
+            Method::DELETE,
+            "/api/v1/repositories/acme/app?confirm=acme/app",
+            &[],
+            vec![],
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = h
-        .send(Method::DELETE, "/api/v1/repositories/acme/app", &[], vec![])
+        .send(
+            Method::DELETE,
+            "/api/v1/repositories/acme/app?confirm=acme/app",
+            &[],
+            vec![],
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.json()["error"]["code"], "NAME_UNKNOWN");

@@ -61,11 +61,13 @@ fn open_connection(path: &Path, synchronous: Synchronous) -> Result<Connection, 
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
+    // busy_timeout first: switching a new database to WAL takes a lock
+    // another process opening it at the same moment may hold.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA busy_timeout = 10000;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {sync};
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 10000;
          PRAGMA cache_size = -4000;"
     ))?;
     Ok(conn)
@@ -80,8 +82,30 @@ impl Pool {
         migrations: &[&str],
     ) -> Result<Self, PoolError> {
         let path = path.into();
-        let mut writer = open_connection(&path, synchronous)?;
-        Migrations::new(migrations.iter().map(|m| M::up(m)).collect()).to_latest(&mut writer)?;
+        let migrations = Migrations::new(migrations.iter().map(|m| M::up(m)).collect());
+        // Two processes may open a new database at once (the server and
+        // `berth-server admin`, say). rusqlite_migration reads the schema
+        // version before its transaction, so the second one applies the
+        // scripts the first just committed again and fails ("table …
+        // already exists"), and switching a new file to WAL can meet a
+        // lock the busy handler does not wait for. Trying again sees the
+        // committed state; a broken migration fails every time.
+        let mut attempt = 0;
+        let writer = loop {
+            attempt += 1;
+            let opened = open_connection(&path, synchronous).and_then(|mut conn| {
+                conn.set_transaction_behavior(TransactionBehavior::Immediate);
+                migrations.to_latest(&mut conn)?;
+                Ok(conn)
+            });
+            match opened {
+                Ok(conn) => break conn,
+                Err(_) if attempt < 5 => {
+                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt))
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Pool {
             inner: Arc::new(Inner {
                 path,
@@ -201,5 +225,26 @@ mod tests {
             &["CREATE TABLE t (v INTEGER NOT NULL);"],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn concurrent_opens_of_a_new_database_all_migrate() {
+        const MIGRATIONS: &[&str] = &[
+            "CREATE TABLE a (v INTEGER NOT NULL);",
+            "CREATE TABLE b (v INTEGER NOT NULL);",
+        ];
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let opened: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || Pool::open(path, Synchronous::Normal, MIGRATIONS))
+                })
+                .collect();
+            for handle in opened {
+                handle.join().unwrap().unwrap();
+            }
+        }
     }
 }

@@ -494,6 +494,16 @@ impl AuthStore for SqliteAuthStore {
         let n = n.clone();
         self.pool
             .write(move |tx| {
+                // A revoked node keeps its row (renamed aside; '#' is not
+                // allowed in node names): the upsert below would replace its
+                // id and clear `revoked_at`, dropping it from the revocations
+                // and making the tokens it was issued valid again.
+                tx.execute(
+                    "UPDATE nodes SET name = name || '#revoked-' || id
+                     WHERE account_id = ?1 AND name = ?2 AND revoked_at IS NOT NULL",
+                    params![n.account_id, n.name],
+                )
+                .map_err(db)?;
                 // Re-enrolling a node name replaces its certificate: the old
                 // one stops working because its fingerprint no longer matches.
                 tx.execute(

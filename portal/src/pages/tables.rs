@@ -39,7 +39,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -68,7 +68,10 @@ fn listing_link(q: Option<&str>, after: Option<&str>, start: u64) -> String {
 /// The Actions menu; without the role, Delete is shown disabled and says why.
 fn actions_menu(can_delete: bool, what: &str) -> String {
     let (state, title) = if can_delete {
-        ("disabled data-allowed=\"true\"", format!("Select {what} first"))
+        (
+            "disabled data-allowed=\"true\"",
+            format!("Select {what} first"),
+        )
     } else {
         (
             "disabled data-allowed=\"false\"",
@@ -119,10 +122,10 @@ fn repository_rows(out: &mut String, v: &RepositoriesView<'_>) {
                  aria-label=\"Select {name}\"></td>"
             );
         }
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<td class=\"name\"><a href=\"/repositories/{name}\">{path}</a></td>\
-             <td class=\"num\">{}</td>{}<td>{}</td><td>{}</td></tr>\n",
+             <td class=\"num\">{}</td>{}<td>{}</td><td>{}</td></tr>",
             r.tag_count,
             size_cell(r.size),
             time_element(r.last_push),
@@ -189,7 +192,10 @@ pub fn repositories_main(v: &RepositoriesView<'_>) -> String {
     }
     let shown = v.list.repositories.len() as u64;
     let q = v.params.q.as_deref();
-    let _ = write!(out, "<nav class=\"pager\" aria-label=\"Pages\"><span id=\"showing\">");
+    let _ = write!(
+        out,
+        "<nav class=\"pager\" aria-label=\"Pages\"><span id=\"showing\">"
+    );
     if shown > 0 {
         let _ = write!(
             out,
@@ -260,7 +266,9 @@ fn kind_of(t: &TagDetail) -> String {
         "application/vnd.oci.image.manifest.v1+json" => "OCI image".into(),
         "application/vnd.oci.image.index.v1+json" => "OCI index".into(),
         "application/vnd.docker.distribution.manifest.v2+json" => "Docker image".into(),
-        "application/vnd.docker.distribution.manifest.list.v2+json" => "Docker manifest list".into(),
+        "application/vnd.docker.distribution.manifest.list.v2+json" => {
+            "Docker manifest list".into()
+        }
         other => other.to_owned(),
     }
 }
@@ -338,12 +346,12 @@ fn tag_row(out: &mut String, v: &RepositoryView<'_>, t: &TagDetail) {
              aria-label=\"Select tag {tag}\"></td>"
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<td class=\"tag\"><strong>{tag}</strong><div class=\"muted small\">{}</div></td>\
          <td class=\"digest\"><code title=\"{}\" data-digest=\"{}\">{}</code>\
          <button type=\"button\" class=\"copy\" data-copy=\"{}\" title=\"Copy digest\">Copy</button></td>\
-         {}<td>{}</td><td>{}</td><td class=\"pulls\">{}{}</td></tr>\n",
+         {}<td>{}</td><td>{}</td><td class=\"pulls\">{}{}</td></tr>",
         esc(&kind_of(t)),
         esc(digest),
         esc(digest),

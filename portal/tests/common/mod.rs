@@ -86,7 +86,10 @@ impl Harness {
         assert_eq!(resp.status, StatusCode::SEE_OTHER, "{}", resp.text());
         let cookie = resp.cookie("berth_session").unwrap();
         let page = self
-            .send(Request::get("/repositories").header(header::COOKIE, format!("berth_session={cookie}")))
+            .send(
+                Request::get("/repositories")
+                    .header(header::COOKIE, format!("berth_session={cookie}")),
+            )
             .await;
         let csrf = page.meta("csrf-token").unwrap();
         Session { cookie, csrf }
@@ -220,7 +223,13 @@ impl Who<'_> {
 
 impl Harness {
     /// A request as `who`, with an optional JSON body.
-    pub async fn call(&self, who: &Who<'_>, method: Method, uri: &str, json: Option<Value>) -> Resp {
+    pub async fn call(
+        &self,
+        who: &Who<'_>,
+        method: Method,
+        uri: &str,
+        json: Option<Value>,
+    ) -> Resp {
         let mut req = who.apply(Request::builder().method(method).uri(uri));
         let body = match json {
             Some(v) => {

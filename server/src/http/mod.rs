@@ -79,10 +79,12 @@ fn request_span(req: &Request) -> tracing::Span {
 }
 
 /// Builds the application with every route and layer; `tokens` adds the
-/// token endpoint (when accounts are on).
+/// token endpoint (when accounts are on); `portal` brings the portal pages
+/// and the management API (`/api/v1/…` but GC).
 pub fn router(
     state: AppState,
     tokens: Option<token::TokenState>,
+    portal: Router,
     max_concurrent_requests: usize,
 ) -> Router {
     let metrics_state = state.metrics.clone();
@@ -97,18 +99,30 @@ pub fn router(
         .route("/v2/", get(oci::base).head(oci::base))
         .route("/v2", get(oci::base).head(oci::base))
         .route("/v2/{*path}", any(oci::dispatch))
-        .route(
-            "/api/v1/repositories/{*name}",
-            axum::routing::delete(api::delete_repository),
-        )
         .route("/api/v1/gc", axum::routing::post(api::collect_garbage))
         .route("/healthz", get(api::health))
         .route(
             "/metrics",
             get(metrics::serve).with_state(metrics_state.clone()),
         )
-        .with_state(state);
+        .with_state(state)
+        .merge(portal.layer(middleware::map_response(label_portal)));
     layered(app, metrics_state, max_concurrent_requests)
+}
+
+/// Labels the portal's answers for metrics: `api` for the management API,
+/// `portal` for pages and assets.
+async fn label_portal(
+    req_path: http::Uri,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    let label = if req_path.path().starts_with("/api/") {
+        "api"
+    } else {
+        "portal"
+    };
+    resp.extensions_mut().insert(RouteLabel(label));
+    resp
 }
 
 /// The node endpoint: node-auth tokens for a client certificate.
