@@ -139,9 +139,10 @@ pub fn assert_same_blobs(
     }
 }
 
-/// `DELETE /api/v1/repositories/NAME` (NAME including the namespace).
+/// `DELETE /api/v1/repositories/NAME?confirm=NAME` (NAME including the
+/// namespace; the API wants the name typed again as confirmation).
 pub async fn delete_repository(client: &OciClient, name: &str) -> Response {
-    let url = client.url(&format!("/api/v1/repositories/{name}"));
+    let url = client.url(&format!("/api/v1/repositories/{name}?confirm={name}"));
     client
         .request(Method::DELETE, url)
         .send()
