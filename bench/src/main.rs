@@ -13,6 +13,7 @@
 //! [`registries`] (the two servers as the measurements see them and shared
 //! HTTP checks), [`report`] (table and JSON), [`progress`] (stderr).
 
+mod auth;
 mod blobs;
 mod manifests;
 mod progress;
@@ -91,6 +92,15 @@ Measurements (names for --only):
                 if that is higher) of each server while a 2 GiB blob is pushed
                 with one streamed PUT, generated on the fly 1 MiB at a time.
                 Target: berth under 64 MiB; distribution's is shown.
+  auth          What accounts cost, on two fresh berth-servers (distribution has
+                no token server of its own): token grants per second (GET
+                /auth/token with Basic credentials, 8 in flight; the first
+                grant pays argon2, the rest reuse the verified credential), and
+                manifest GETs per second with a bearer token (wrk as in
+                manifest-get) beside the same GETs with accounts off. Target:
+                auth costs under 10 % (with/without >= 0.9x). The berth column
+                holds accounts-on figures, the distribution column the
+                accounts-off figure of berth.
 
 --quick shrinks everything for smoke tests: 32 MiB blobs, 1000 tags and
 repositories, a 256 MiB big blob, 500 manifest PUTs, 3 s of wrk.
@@ -111,6 +121,7 @@ enum Measure {
     Tags,
     Catalog,
     Rss,
+    Auth,
 }
 
 impl Measure {
@@ -125,6 +136,7 @@ impl Measure {
             Measure::Tags => "tags",
             Measure::Catalog => "catalog",
             Measure::Rss => "rss",
+            Measure::Auth => "auth",
         }
     }
 }
@@ -261,33 +273,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let binary = berth_binary()?;
 
     progress::line("starting berth-server and docker-registry");
-    // berth-server reads every BERTH_* variable as configuration and refuses
-    // unknown keys, so BERTH_BIN_DIR (which located it) must not reach it. The
-    // harness passes our environment on, and removing a variable from our own
-    // environment is unsafe: start it through `sh`, which unsets it and then
-    // execs the server (same pid).
-    let wrapper_dir = tempfile::Builder::new()
-        .prefix("berth-bench-bin-")
-        .tempdir()
-        .context("creating a temp dir")?;
-    let launcher = if std::env::var_os("BERTH_BIN_DIR").is_some() {
-        let script = wrapper_dir.path().join("berth-server");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nunset BERTH_BIN_DIR\nexec '{}' \"$@\"\n",
-                binary.display()
-            ),
-        )
-        .context("writing the berth-server launcher")?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-        script
-    } else {
-        binary.clone()
-    };
     let berth = BerthServer::builder()
-        .binary(&launcher)
+        .binary(&binary)
         .try_start()
         .context("starting berth-server")?;
     let distribution =
@@ -748,6 +735,44 @@ async fn bench(
                      higher; berth: {}; distribution: {}",
                     describe(&samples[0]),
                     describe(&samples[1])
+                ));
+            }
+            Measure::Auth => {
+                let grants = if cli.quick { 300 } else { 2000 };
+                progress::line("auth: token grants and manifest GETs with accounts on and off");
+                let f = auth::measure(binary, sizes.wrk, grants).await?;
+                report.rows.push(
+                    Row::new(
+                        "auth",
+                        format!("token grants (GET /auth/token, {grants}, 8 in flight)"),
+                        "grant/s",
+                        Better::Higher,
+                        (f.grants_per_sec, f64::NAN),
+                        Target::None,
+                    )
+                    .without_ratio(),
+                );
+                report.rows.push(Row::new(
+                    "auth",
+                    "manifest GET, bearer token (dist. column: berth, accounts off)",
+                    "req/s",
+                    Better::Higher,
+                    (f.auth_rps, f.open_rps),
+                    Target::RatioAtLeast(0.9),
+                ));
+                report.rows.push(Row::new(
+                    "auth",
+                    "  manifest GET p99, bearer token (dist. column: accounts off)",
+                    "ms",
+                    Better::Lower,
+                    (f.auth_p99_ms, f.open_p99_ms),
+                    Target::None,
+                ));
+                report.notes.push(format!(
+                    "auth: two fresh berth-servers (accounts on / off) in this run; token grant \
+                     p99 {:.2} ms; auth costs {:.1} % of manifest GET throughput",
+                    f.grant_p99_ms,
+                    (1.0 - f.auth_rps / f.open_rps) * 100.0
                 ));
             }
         }

@@ -85,7 +85,12 @@ pub struct WrkParams {
     pub secs: u32,
 }
 
-async fn wrk(url: &str, p: WrkParams, secs: u32) -> anyhow::Result<WrkResult> {
+async fn wrk(
+    url: &str,
+    p: WrkParams,
+    secs: u32,
+    header: Option<&str>,
+) -> anyhow::Result<WrkResult> {
     let wrk = test_support::tools::find_tool("wrk")
         .context("wrk is required for manifest-get: apt-get install wrk")?;
     let out = tokio::process::Command::new(wrk)
@@ -95,6 +100,7 @@ async fn wrk(url: &str, p: WrkParams, secs: u32) -> anyhow::Result<WrkResult> {
         .arg("--latency")
         .arg("-H")
         .arg(format!("Accept: {OCI_MANIFEST}"))
+        .args(header.map(|h| ["-H", h]).into_iter().flatten())
         .arg(url)
         .output()
         .await
@@ -149,13 +155,13 @@ pub async fn manifest_get(
             reg.name
         );
         progress::line(format!("  {}: wrk warm-up (1 s)", reg.name));
-        wrk(url.as_str(), p, 1).await?;
+        wrk(url.as_str(), p, 1, None).await?;
         progress::line(format!(
             "  {}: wrk -t{} -c{} -d{}s --latency",
             reg.name, p.threads, p.connections, p.secs
         ));
         let cpu_before = system::cpu_time(reg.pid)?;
-        let r = wrk(url.as_str(), p, p.secs).await?;
+        let r = wrk(url.as_str(), p, p.secs, None).await?;
         let cpu = system::cpu_time(reg.pid)?.saturating_sub(cpu_before);
         cpu_us[i] = cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64;
         progress::line(format!(
@@ -170,6 +176,54 @@ pub async fn manifest_get(
         .try_into()
         .map_err(|_| anyhow::anyhow!("expected two wrk results"))?;
     Ok(([b, d], cpu_us))
+}
+
+/// Manifest GET by tag with wrk on two berth-servers, the second with an
+/// extra request header (a bearer token): the same image pushed to both,
+/// one checked GET and a warm-up each, then the measured runs.
+pub async fn manifest_get_pair(
+    open: &Registry,
+    secured: &Registry,
+    repo: &str,
+    p: WrkParams,
+    auth_header: &str,
+) -> anyhow::Result<(WrkResult, WrkResult)> {
+    let (_, image) = small_image();
+    let mut out = Vec::new();
+    for (reg, header) in [(open, None), (secured, Some(auth_header))] {
+        push_image(reg, repo, &image, "latest").await?;
+        let url = reg.client.url(&format!("/v2/{repo}/manifests/latest"));
+        let mut req = reg
+            .client
+            .http()
+            .get(url.clone())
+            .header(ACCEPT, OCI_MANIFEST);
+        if let Some(h) = header.and_then(|h| h.split_once(": ")) {
+            req = req.header(h.0, h.1);
+        }
+        let resp = expect(reg, req.send().await?, StatusCode::OK, "manifest GET").await?;
+        ensure!(
+            resp.bytes().await? == image.manifest,
+            "{} served other manifest bytes",
+            reg.name
+        );
+        wrk(url.as_str(), p, 1, header).await?;
+        progress::line(format!(
+            "  {}: wrk -t{} -c{} -d{}s --latency",
+            reg.name, p.threads, p.connections, p.secs
+        ));
+        let r = wrk(url.as_str(), p, p.secs, header).await?;
+        progress::line(format!(
+            "  {}: {:.0} req/s, p99 {:.3} ms",
+            reg.name,
+            r.requests_per_sec,
+            r.p99.as_secs_f64() * 1e3
+        ));
+        out.push(r);
+    }
+    let auth = out.pop().context("no result")?;
+    let open = out.pop().context("no result")?;
+    Ok((open, auth))
 }
 
 /// What the manifest PUT measurement found on one registry.

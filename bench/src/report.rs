@@ -119,6 +119,10 @@ pub struct Report {
 }
 
 fn number(v: f64) -> String {
+    // NaN marks a figure the other side does not have.
+    if v.is_nan() {
+        return "-".to_owned();
+    }
     if !v.is_finite() {
         return format!("{v}");
     }
