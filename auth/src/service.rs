@@ -20,7 +20,7 @@ use crate::ratelimit::FailureLimiter;
 use crate::scope::{self, ScopeRequest};
 use crate::secrets;
 use crate::store::{AuditQuery, AuthStore, CaRecord, Session};
-use crate::tokens::{AccessEntry, BerthClaims, Claims, Keyring, generate_key};
+use crate::tokens::{AccessEntry, BerthClaims, Claims, Keyring, VerifiedTokens, generate_key};
 
 /// Tunables of the auth service.
 #[derive(Debug, Clone)]
@@ -126,6 +126,8 @@ struct Inner {
     /// pay argon2 each time. Revocation and expiry are still checked on the
     /// stored row every time.
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Bearer tokens already verified (see [`VerifiedTokens`]).
+    verified_tokens: VerifiedTokens,
 }
 
 /// The auth service. Cheap to clone.
@@ -173,6 +175,10 @@ pub fn robot_username(namespace: &str, name: &str) -> String {
     format!("robot+{namespace}+{name}")
 }
 
+/// How many verified bearer tokens are remembered: a few per active client
+/// (tokens live 5 minutes), about 2 KiB each.
+const VERIFIED_TOKENS: usize = 8192;
+
 /// How far back revocations matter: tokens live at most this long.
 const REVOCATION_HORIZON: Millis = 2 * 3600 * 1000;
 
@@ -215,6 +221,7 @@ impl AuthService {
                 limiter,
                 ca: NodeCa::from_pem(&ca.cert_pem, &ca.key_pem),
                 verified: Mutex::new(HashMap::new()),
+                verified_tokens: VerifiedTokens::new(VERIFIED_TOKENS),
             }),
         };
         svc.reload().await?;
@@ -796,7 +803,9 @@ impl AuthService {
     /// Verifies a bearer token: signature, key, issuer, audience, times,
     /// and that nothing it was issued from has been revoked since.
     pub fn verify_token(&self, token: &str) -> Result<Claims> {
-        let c = self.inner.keyring.read().verify(
+        let keyring = self.inner.keyring.read().clone();
+        let c = self.inner.verified_tokens.verify(
+            &keyring,
             token,
             &self.inner.config.issuer,
             &self.inner.config.service,
