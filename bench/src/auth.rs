@@ -25,10 +25,13 @@ pub struct AuthFigures {
     pub auth_rps: f64,
     pub open_p99_ms: f64,
     pub auth_p99_ms: f64,
+    /// Server CPU (user + system) per manifest GET, in microseconds.
+    pub open_cpu_us: f64,
+    pub auth_cpu_us: f64,
 }
 
 /// Runs `berth-server admin …` on the server's data directory.
-fn admin(
+pub(crate) fn admin(
     binary: &Path,
     data_dir: &Path,
     args: &[&str],
@@ -58,7 +61,7 @@ fn admin(
     serde_json::from_slice(&out.stdout).context("parsing admin --json output")
 }
 
-fn start(binary: &Path, auth: bool) -> anyhow::Result<BerthServer> {
+pub(crate) fn start(binary: &Path, auth: bool) -> anyhow::Result<BerthServer> {
     BerthServer::builder()
         .binary(binary)
         .env("BERTH_AUTH__ENABLED", if auth { "true" } else { "false" })
@@ -174,9 +177,11 @@ pub async fn measure(binary: &Path, wrk: WrkParams, grants: usize) -> anyhow::Re
     Ok(AuthFigures {
         grants_per_sec,
         grant_p99_ms: percentile(&latencies, 99.0),
-        open_rps: open_result.requests_per_sec,
-        auth_rps: auth_result.requests_per_sec,
-        open_p99_ms: open_result.p99.as_secs_f64() * 1e3,
-        auth_p99_ms: auth_result.p99.as_secs_f64() * 1e3,
+        open_rps: open_result.0.requests_per_sec,
+        auth_rps: auth_result.0.requests_per_sec,
+        open_p99_ms: open_result.0.p99.as_secs_f64() * 1e3,
+        auth_p99_ms: auth_result.0.p99.as_secs_f64() * 1e3,
+        open_cpu_us: open_result.1,
+        auth_cpu_us: auth_result.1,
     })
 }

@@ -20,7 +20,7 @@ use crate::system::{self, WrkResult};
 
 /// A small OCI image (one 4 KiB random-file layer) and the builder that made
 /// it, for variants over the same blobs.
-fn small_image() -> (ImageBuilder, Image) {
+pub(crate) fn small_image() -> (ImageBuilder, Image) {
     let layer = LayerBuilder::new()
         .random_file("bench/data", 4096, next_seed())
         .build();
@@ -29,7 +29,12 @@ fn small_image() -> (ImageBuilder, Image) {
     (builder, image)
 }
 
-async fn push_image(reg: &Registry, repo: &str, image: &Image, tag: &str) -> anyhow::Result<()> {
+pub(crate) async fn push_image(
+    reg: &Registry,
+    repo: &str,
+    image: &Image,
+    tag: &str,
+) -> anyhow::Result<()> {
     for blob in image.blobs() {
         push_blob(reg, repo, &blob.digest, blob.data.clone())
             .await
@@ -48,7 +53,7 @@ async fn push_image(reg: &Registry, repo: &str, image: &Image, tag: &str) -> any
 
 /// Runs `op(i)` for `i` in `0..n`, at most `concurrency` at a time, each on
 /// its own task; returns each operation's latency. The first error aborts.
-async fn run_concurrent<F, Fut>(
+pub(crate) async fn run_concurrent<F, Fut>(
     n: usize,
     concurrency: usize,
     bar: Option<&indicatif::ProgressBar>,
@@ -187,7 +192,7 @@ pub async fn manifest_get_pair(
     repo: &str,
     p: WrkParams,
     auth_header: &str,
-) -> anyhow::Result<(WrkResult, WrkResult)> {
+) -> anyhow::Result<((WrkResult, f64), (WrkResult, f64))> {
     let (_, image) = small_image();
     let mut out = Vec::new();
     for (reg, header) in [(open, None), (secured, Some(auth_header))] {
@@ -212,14 +217,19 @@ pub async fn manifest_get_pair(
             "  {}: wrk -t{} -c{} -d{}s --latency",
             reg.name, p.threads, p.connections, p.secs
         ));
+        let cpu_before = system::cpu_time(reg.pid)?;
         let r = wrk(url.as_str(), p, p.secs, header).await?;
+        let cpu = system::cpu_time(reg.pid)?.saturating_sub(cpu_before);
+        // Server CPU per request: what auth costs, whatever else runs on
+        // the machine meanwhile.
+        let cpu_us = cpu.as_secs_f64() * 1e6 / r.requests.max(1) as f64;
         progress::line(format!(
-            "  {}: {:.0} req/s, p99 {:.3} ms",
+            "  {}: {:.0} req/s, p99 {:.3} ms, {cpu_us:.0} us of server CPU per request",
             reg.name,
             r.requests_per_sec,
             r.p99.as_secs_f64() * 1e3
         ));
-        out.push(r);
+        out.push((r, cpu_us));
     }
     let auth = out.pop().context("no result")?;
     let open = out.pop().context("no result")?;
@@ -314,7 +324,7 @@ pub async fn manifest_put(
 }
 
 /// Concurrency of set-up requests (not measured).
-const SETUP_CONCURRENCY: usize = 16;
+pub(crate) const SETUP_CONCURRENCY: usize = 16;
 
 /// Tags `count` tags (`t00000`…) on one small manifest in `bench/tags`.
 pub async fn tags_setup(regs: &[Registry; 2], count: usize) -> anyhow::Result<()> {
