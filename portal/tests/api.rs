@@ -932,3 +932,141 @@ async fn with_accounts_disabled_the_api_is_open_and_the_pages_say_so() {
         );
     }
 }
+
+/// Puts `body` as a blob of `repo` and returns its descriptor fields.
+async fn blob(h: &Harness, repo: &registry::RepoName, body: &str) -> (registry::Digest, usize) {
+    let digest = registry::Digest::sha256_of(body.as_bytes());
+    let bytes = bytes::Bytes::copy_from_slice(body.as_bytes());
+    let stream: registry::ByteStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+    h.registry().put_blob(repo, &digest, stream).await.unwrap();
+    (digest, body.len())
+}
+
+/// Puts a manifest by tag and returns its digest and size.
+async fn manifest(
+    h: &Harness,
+    repo: &registry::RepoName,
+    tag: &str,
+    media_type: &str,
+    body: String,
+) -> (registry::Digest, usize) {
+    let size = body.len();
+    let pushed = h
+        .registry()
+        .put_manifest(
+            repo,
+            &registry::Reference::Tag(registry::Tag::parse(tag).unwrap()),
+            Some(media_type),
+            &bytes::Bytes::from(body),
+            &[],
+        )
+        .await
+        .unwrap();
+    (pushed.digest, size)
+}
+
+#[tokio::test]
+async fn docker_manifests_and_multi_arch_indexes_show_with_their_platforms() {
+    const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let h = two_accounts().await;
+    let name = format!("{NS}/multi");
+    let repo = registry::RepoName::parse(&name).unwrap();
+    // Two Docker schema 2 images, arm64/v8 and arm/v7.
+    let mut children = Vec::new();
+    for (arch, variant) in [("arm64", "v8"), ("arm", "v7")] {
+        let config = blob(
+            &h,
+            &repo,
+            &format!(
+                r#"{{"architecture":"{arch}","variant":"{variant}","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+            ),
+        )
+        .await;
+        let layer = blob(&h, &repo, &format!("layer for {arch}")).await;
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"{}","size":{}}}]}}"#,
+            config.0, config.1, layer.0, layer.1
+        );
+        let (digest, size) =
+            manifest(&h, &repo, &format!("docker-{arch}"), DOCKER_MANIFEST, body).await;
+        children.push((digest, size, arch, variant));
+    }
+    let entries: Vec<String> = children
+        .iter()
+        .map(|(d, s, arch, variant)| {
+            format!(
+                r#"{{"mediaType":"{DOCKER_MANIFEST}","digest":"{d}","size":{s},"platform":{{"architecture":"{arch}","os":"linux","variant":"{variant}"}}}}"#
+            )
+        })
+        .collect();
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST}","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    let (list_digest, _) = manifest(&h, &repo, "list", DOCKER_LIST, list).await;
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    manifest(&h, &repo, "index", OCI_INDEX, index).await;
+
+    let s = h.sign_in("rita").await;
+    let r = h
+        .call(
+            &Who::Session(&s),
+            Method::GET,
+            &format!("/api/v1/repositories/{name}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    let by_tag = |tag: &str| -> Value {
+        v["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag"] == tag)
+            .unwrap_or_else(|| panic!("tag {tag} missing: {v}"))
+            .clone()
+    };
+    let arm64 = by_tag("docker-arm64");
+    assert_eq!(arm64["media_type"], DOCKER_MANIFEST);
+    assert_eq!(arm64["platforms"], json!(["linux/arm64/v8"]));
+    assert_eq!(by_tag("docker-arm")["platforms"], json!(["linux/arm/v7"]));
+    let list = by_tag("list");
+    assert_eq!(list["media_type"], DOCKER_LIST);
+    assert_eq!(list["digest"], list_digest.as_str());
+    assert_eq!(list["platforms"], json!(["linux/arm/v7", "linux/arm64/v8"]));
+    let index = by_tag("index");
+    assert_eq!(index["media_type"], OCI_INDEX);
+    assert_eq!(
+        index["platforms"],
+        json!(["linux/arm/v7", "linux/arm64/v8"])
+    );
+
+    // The list shows the repository with every platform, at once.
+    let r = h
+        .call(
+            &Who::Session(&s),
+            Method::GET,
+            "/api/v1/repositories?q=multi",
+            None,
+        )
+        .await;
+    let repos = r.json()["repositories"].clone();
+    assert_eq!(repos[0]["name"], name.as_str());
+    assert_eq!(repos[0]["tag_count"], 4);
+    let platforms: BTreeSet<String> = repos[0]["platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        platforms,
+        BTreeSet::from(["linux/arm/v7".to_owned(), "linux/arm64/v8".to_owned()])
+    );
+}
