@@ -1,0 +1,948 @@
+//! A pull, from reference to runnable containerd image.
+//!
+//! Resolve the tag to a digest; from an index pick the node's platform;
+//! refuse schema 1 and foreign layers; check free space; under a lease,
+//! download the layers in parallel (bounded), each streamed into
+//! containerd's content store while hashed, resumed with Range requests
+//! after a cut and retried with backoff; write config, manifest and index
+//! with their GC labels; unpack (Prepare / Apply / diff_id check / Commit);
+//! create the image record; delete the lease. Blobs are locked per digest
+//! in the process, so two pulls sharing content download it once: the
+//! second finds it in containerd.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use containerd_client::tonic::Code;
+use containerd_client::types::Descriptor;
+use futures::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::AgentConfig;
+use crate::containerd::{Containerd, ContainerdError};
+use crate::identity::{AuthError, NodeAuth};
+use crate::platform::Platform;
+use crate::reference::{ImageRef, ReferenceError};
+use crate::registry::{BlobRef, Failure, RateLimiter, Registry, RegistryError, RetryPolicy};
+
+/// Pieces sent to containerd at once: few round trips, bounded memory.
+const WRITE_CHUNK: usize = 1 << 20;
+/// How long a pull's lease keeps content alive if the agent dies mid-pull.
+const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest manifest or config read into memory.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{what}: {source}")]
+    Registry {
+        what: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{0} not found in the registry")]
+    NotFound(String),
+    #[error("unsupported image: {0}")]
+    Unsupported(String),
+    #[error("digest mismatch for {expected}: the registry sent content hashing to {actual}")]
+    Digest { expected: String, actual: String },
+    #[error("layer {layer}: unpacked to {actual}, but the config says {expected}")]
+    DiffId {
+        layer: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("not enough disk space on {path}: need {need} bytes, {free} free")]
+    DiskSpace { path: String, need: u64, free: u64 },
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What a pull reports while it runs.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Resolved {
+        image: String,
+        digest: String,
+    },
+    BlobStarted {
+        digest: String,
+        size: u64,
+    },
+    BlobBytes {
+        digest: String,
+        bytes: u64,
+    },
+    BlobDone {
+        digest: String,
+        existed: bool,
+    },
+    Retry {
+        digest: String,
+        attempt: u32,
+        error: String,
+    },
+    Unpacking {
+        layer: usize,
+        of: usize,
+    },
+}
+
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// The result of a pull.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Pulled {
+    /// containerd's image name.
+    pub name: String,
+    /// The digest the image record points at (index or manifest).
+    pub digest: String,
+    /// The platform manifest unpacked.
+    pub manifest: String,
+    pub platform: String,
+    pub layers: usize,
+    /// Bytes downloaded (content that was already there is not counted).
+    pub downloaded: u64,
+}
+
+#[derive(Deserialize)]
+struct ConfigRootfs {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    diff_ids: Vec<String>,
+}
+
+/// Layer media types containerd's differ can apply.
+fn unpackable(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar"
+    )
+}
+
+fn is_foreign(media_type: &str) -> bool {
+    media_type.contains("foreign") || media_type.contains("nondistributable")
+}
+
+/// Per-digest locks: one download of a blob at a time in this process.
+#[derive(Default)]
+struct Locks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Locks {
+    fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget locks nobody holds, so the map stays small.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+/// Pulls images for one node into one containerd namespace.
+pub struct Puller {
+    registry: Registry,
+    containerd: Containerd,
+    registry_host: String,
+    namespace: String,
+    platform: Platform,
+    retry: RetryPolicy,
+    parallel: usize,
+    limiter: Option<Arc<RateLimiter>>,
+    disk_path: std::path::PathBuf,
+    min_free: u64,
+    locks: Locks,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("registry_host", &self.registry_host)
+            .field("namespace", &self.namespace)
+            .field("platform", &self.platform)
+            .finish()
+    }
+}
+
+/// One blob of the image, with the labels it gets in containerd.
+struct Job {
+    blob: BlobRef,
+    labels: HashMap<String, String>,
+}
+
+impl Puller {
+    /// Builds the node identity, registry client and containerd connection.
+    pub async fn new(cfg: &AgentConfig) -> Result<Puller, PullError> {
+        let auth = Arc::new(NodeAuth::new(&cfg.node)?);
+        let extra_ca = match &cfg.registry.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                PullError::Other(format!("reading registry.ca_file {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        let registry = Registry::new(&cfg.registry.url, extra_ca.as_deref(), auth)
+            .map_err(PullError::Other)?;
+        let containerd = Containerd::connect(
+            &cfg.containerd.socket,
+            &cfg.containerd.namespace,
+            &cfg.containerd.snapshotter,
+        )
+        .await?;
+        Ok(Puller {
+            registry,
+            containerd,
+            registry_host: cfg.registry_host(),
+            namespace: cfg.registry.namespace.clone(),
+            platform: cfg.platform(),
+            retry: RetryPolicy {
+                max_attempts: cfg.pull.max_attempts,
+                base: Duration::from_millis(cfg.pull.backoff_base_ms),
+                max: Duration::from_millis(cfg.pull.backoff_max_ms),
+            },
+            parallel: cfg.pull.max_parallel_layers,
+            limiter: cfg
+                .pull
+                .bandwidth_limit_bytes_per_sec
+                .map(|b| Arc::new(RateLimiter::new(b))),
+            disk_path: cfg.containerd.root.clone(),
+            min_free: cfg.pull.min_free_bytes,
+            locks: Locks::default(),
+        })
+    }
+
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
+    /// Resolves a reference as typed on the box.
+    pub fn resolve(&self, input: &str) -> Result<ImageRef, ReferenceError> {
+        ImageRef::resolve(input, &self.registry_host, &self.namespace)
+    }
+
+    /// Fetches a manifest with retries.
+    async fn manifest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+    ) -> Result<(Bytes, String), PullError> {
+        let mut attempt = 0;
+        loop {
+            match self.registry.manifest(image, reference).await {
+                Ok((bytes, digest)) if bytes.len() <= MAX_MANIFEST_BYTES => {
+                    return Ok((bytes, digest));
+                }
+                Ok(_) => {
+                    return Err(PullError::Unsupported(format!(
+                        "manifest {reference} is over {MAX_MANIFEST_BYTES} bytes"
+                    )));
+                }
+                Err(e) => match e.kind() {
+                    Failure::NotFound => {
+                        return Err(PullError::NotFound(format!(
+                            "{}:{reference}",
+                            image.repository
+                        )));
+                    }
+                    Failure::Fatal => {
+                        return Err(match e {
+                            RegistryError::Auth(a) => PullError::Auth(a),
+                            other => PullError::Registry {
+                                what: format!("manifest {reference} of {}", image.repository),
+                                source: other,
+                            },
+                        });
+                    }
+                    Failure::Transient | Failure::Unauthorized => {
+                        attempt += 1;
+                        if attempt >= self.retry.max_attempts {
+                            return Err(PullError::Registry {
+                                what: format!(
+                                    "manifest {reference} of {} after {attempt} attempts",
+                                    image.repository
+                                ),
+                                source: e,
+                            });
+                        }
+                        tracing::warn!(%reference, attempt, error = %e, "manifest fetch failed; retrying");
+                        tokio::time::sleep(self.retry.delay(attempt)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Pulls `input` and unpacks it for this node's platform.
+    pub async fn pull(&self, input: &str, progress: ProgressFn) -> Result<Pulled, PullError> {
+        let image = self.resolve(input)?;
+        let (top_bytes, top_digest) = self.manifest(&image, image.reference()).await?;
+        progress(Progress::Resolved {
+            image: image.image_name(),
+            digest: top_digest.clone(),
+        });
+        let top: serde_json::Value = serde_json::from_slice(&top_bytes)
+            .map_err(|e| PullError::Unsupported(format!("manifest is not JSON: {e}")))?;
+        if top["schemaVersion"].as_i64() == Some(1) {
+            return Err(PullError::Unsupported(
+                "Docker schema 1 manifests are not supported (deprecated and unverifiable); push it again with a current client".into(),
+            ));
+        }
+        let top_media = top["mediaType"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                if top.get("manifests").is_some() {
+                    "application/vnd.oci.image.index.v1+json".into()
+                } else {
+                    "application/vnd.oci.image.manifest.v1+json".into()
+                }
+            });
+
+        // An index: pick this node's platform.
+        let mut index: Option<(Bytes, String, String, usize)> = None;
+        let (manifest_bytes, manifest_digest, manifest_media) = if top.get("manifests").is_some() {
+            let parsed: oci_spec::image::ImageIndex = serde_json::from_slice(&top_bytes)
+                .map_err(|e| PullError::Unsupported(format!("index: {e}")))?;
+            let (i, chosen) = parsed
+                .manifests()
+                .iter()
+                .enumerate()
+                .find(|(_, m)| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        self.platform.matches(
+                            &p.os().to_string(),
+                            &p.architecture().to_string(),
+                            p.variant().as_deref(),
+                        )
+                    })
+                })
+                .ok_or_else(|| {
+                    PullError::Unsupported(format!(
+                        "{image} has no manifest for this node's platform {}",
+                        self.platform
+                    ))
+                })?;
+            let child_digest = chosen.digest().to_string();
+            let (bytes, digest) = self.manifest(&image, &child_digest).await?;
+            let media = chosen.media_type().to_string();
+            index = Some((top_bytes.clone(), top_digest.clone(), top_media.clone(), i));
+            (bytes, digest, media)
+        } else {
+            (top_bytes.clone(), top_digest.clone(), top_media.clone())
+        };
+
+        let manifest: oci_spec::image::ImageManifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| PullError::Unsupported(format!("manifest {manifest_digest}: {e}")))?;
+        for layer in manifest.layers() {
+            let media = layer.media_type().to_string();
+            if is_foreign(&media) || layer.urls().as_ref().is_some_and(|u| !u.is_empty()) {
+                return Err(PullError::Unsupported(format!(
+                    "layer {} is a foreign (non-distributable) layer; Berth serves only what it stores",
+                    layer.digest()
+                )));
+            }
+            if !unpackable(&media) {
+                return Err(PullError::Unsupported(format!(
+                    "layer {} has media type {media}, which containerd cannot unpack",
+                    layer.digest()
+                )));
+            }
+        }
+
+        let config_desc = manifest.config();
+        let config_ref = BlobRef {
+            digest: config_desc.digest().to_string(),
+            size: config_desc.size(),
+            media_type: config_desc.media_type().to_string(),
+        };
+        let layers: Vec<BlobRef> = manifest
+            .layers()
+            .iter()
+            .map(|l| BlobRef {
+                digest: l.digest().to_string(),
+                size: l.size(),
+                media_type: l.media_type().to_string(),
+            })
+            .collect();
+
+        // Two pulls of one image in this process: the second waits, then
+        // finds everything in containerd and only refreshes the record.
+        let image_lock = self.locks.get(&format!("image:{manifest_digest}"));
+        let _image_held = image_lock.lock().await;
+        let lease = self.containerd.create_lease(LEASE_TTL).await?;
+        let result = self
+            .import(
+                &image,
+                &lease,
+                index.as_ref(),
+                (&manifest_bytes, &manifest_digest, &manifest_media),
+                &config_ref,
+                &layers,
+                &progress,
+            )
+            .await;
+        if let Err(e) = self.containerd.delete_lease(&lease).await {
+            // It expires by itself; a leaked lease only delays GC.
+            tracing::warn!(%lease, error = %e, "could not delete the pull's lease");
+        }
+        let downloaded = result?;
+        let target_digest = match &index {
+            Some((_, d, _, _)) => d.clone(),
+            None => manifest_digest.clone(),
+        };
+        // The image record, created while the lease still held everything
+        // (see import), is what keeps it all alive now.
+        Ok(Pulled {
+            name: image.image_name(),
+            digest: target_digest,
+            manifest: manifest_digest,
+            platform: self.platform.to_string(),
+            layers: layers.len(),
+            downloaded: u64::try_from(downloaded).unwrap_or(0),
+        })
+    }
+
+    /// Everything under the lease: blobs, unpack, image record. Returns
+    /// the bytes downloaded.
+    #[allow(clippy::too_many_arguments)]
+    async fn import(
+        &self,
+        image: &ImageRef,
+        lease: &str,
+        index: Option<&(Bytes, String, String, usize)>,
+        manifest: (&Bytes, &String, &String),
+        config: &BlobRef,
+        layers: &[BlobRef],
+        progress: &ProgressFn,
+    ) -> Result<i64, PullError> {
+        let source_label = (
+            format!("containerd.io/distribution.source.{}", image.registry),
+            image.repository.clone(),
+        );
+        let with_source = |mut m: HashMap<String, String>| {
+            m.insert(source_label.0.clone(), source_label.1.clone());
+            m
+        };
+
+        // The config first: its diff ids name the snapshots.
+        let config_bytes = self.small_blob(image, config).await?;
+        let rootfs: ConfigRootfs = serde_json::from_slice(&config_bytes)
+            .map_err(|e| PullError::Unsupported(format!("config {}: {e}", config.digest)))?;
+        let diff_ids = rootfs.rootfs.diff_ids;
+        if diff_ids.len() != layers.len() {
+            return Err(PullError::Unsupported(format!(
+                "config lists {} diff ids for {} layers",
+                diff_ids.len(),
+                layers.len()
+            )));
+        }
+        let chain = chain_ids(&diff_ids);
+        let snapshotter = self.containerd.snapshotter().to_owned();
+
+        // Free space: what is missing, compressed, plus as much again for
+        // the unpacked layers (a floor: gzip often expands more), plus the
+        // configured reserve.
+        let mut missing = 0u64;
+        for l in layers {
+            if self.containerd.content_info(&l.digest).await?.is_none() {
+                missing = missing.saturating_add(l.size);
+            }
+        }
+        self.check_disk(missing.saturating_mul(2))?;
+
+        // Layers, in parallel and bounded.
+        let jobs: Vec<Job> = layers
+            .iter()
+            .zip(&diff_ids)
+            .map(|(l, diff_id)| Job {
+                blob: l.clone(),
+                labels: with_source(HashMap::from([(
+                    "containerd.io/uncompressed".to_owned(),
+                    diff_id.clone(),
+                )])),
+            })
+            .collect();
+        let downloaded: Vec<Result<u64, PullError>> = futures::stream::iter(jobs)
+            .map(|job| async move { self.fetch_blob(image, lease, &job, progress).await })
+            .buffer_unordered(self.parallel)
+            .collect()
+            .await;
+        let mut total = 0u64;
+        for r in downloaded {
+            total += r?;
+        }
+
+        // Config, manifest, index: with the labels that make GC follow
+        // them to their children.
+        let config_labels = with_source(HashMap::from([(
+            format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+            chain.last().cloned().unwrap_or_default(),
+        )]));
+        self.put_small(lease, config, config_bytes, config_labels)
+            .await?;
+        let mut manifest_labels = with_source(HashMap::from([(
+            "containerd.io/gc.ref.content.config".to_owned(),
+            config.digest.clone(),
+        )]));
+        for (i, l) in layers.iter().enumerate() {
+            manifest_labels.insert(
+                format!("containerd.io/gc.ref.content.l.{i}"),
+                l.digest.clone(),
+            );
+        }
+        let (m_bytes, m_digest, m_media) = manifest;
+        let m_ref = BlobRef {
+            digest: m_digest.clone(),
+            size: m_bytes.len() as u64,
+            media_type: m_media.clone(),
+        };
+        self.put_small(lease, &m_ref, m_bytes.clone(), manifest_labels)
+            .await?;
+        if let Some((i_bytes, i_digest, i_media, i)) = index {
+            let labels = with_source(HashMap::from([(
+                format!("containerd.io/gc.ref.content.m.{i}"),
+                m_digest.clone(),
+            )]));
+            let i_ref = BlobRef {
+                digest: i_digest.clone(),
+                size: i_bytes.len() as u64,
+                media_type: i_media.clone(),
+            };
+            self.put_small(lease, &i_ref, i_bytes.clone(), labels)
+                .await?;
+        }
+
+        self.unpack(lease, layers, &diff_ids, &chain, progress)
+            .await?;
+
+        let target = match index {
+            Some((b, d, m, _)) => Descriptor {
+                media_type: m.clone(),
+                digest: d.clone(),
+                size: b.len() as i64,
+                annotations: HashMap::new(),
+            },
+            None => Descriptor {
+                media_type: m_media.clone(),
+                digest: m_digest.clone(),
+                size: m_bytes.len() as i64,
+                annotations: HashMap::new(),
+            },
+        };
+        self.containerd
+            .put_image(&image.image_name(), target)
+            .await?;
+        Ok(i64::try_from(total).unwrap_or(i64::MAX))
+    }
+
+    fn check_disk(&self, need: u64) -> Result<(), PullError> {
+        // containerd's root may not exist yet on a fresh box: look at the
+        // nearest existing ancestor, which is the same file system.
+        let mut path: &Path = &self.disk_path;
+        while !path.exists() {
+            match path.parent() {
+                Some(p) => path = p,
+                None => break,
+            }
+        }
+        let stat = nix::sys::statvfs::statvfs(path)
+            .map_err(|e| PullError::Other(format!("statvfs {}: {e}", path.display())))?;
+        #[allow(clippy::useless_conversion)]
+        let free =
+            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        let need_total = need.saturating_add(self.min_free);
+        if free < need_total {
+            return Err(PullError::DiskSpace {
+                path: path.display().to_string(),
+                need: need_total,
+                free,
+            });
+        }
+        Ok(())
+    }
+
+    /// Downloads a small blob (the config) into memory, verified.
+    async fn small_blob(&self, image: &ImageRef, blob: &BlobRef) -> Result<Bytes, PullError> {
+        if blob.size > MAX_MANIFEST_BYTES as u64 {
+            return Err(PullError::Unsupported(format!(
+                "config {} is over {MAX_MANIFEST_BYTES} bytes",
+                blob.digest
+            )));
+        }
+        let mut attempt = 0;
+        loop {
+            let body = self.registry.blob(image, blob, 0).await;
+            let result = match body {
+                Ok(b) => {
+                    let mut stream = b.stream;
+                    let mut buf = BytesMut::new();
+                    let mut err = None;
+                    while let Some(chunk) = stream.next().await {
+                        match chunk {
+                            Ok(c) if buf.len() + c.len() <= MAX_MANIFEST_BYTES => {
+                                buf.extend_from_slice(&c)
+                            }
+                            Ok(_) => {
+                                return Err(PullError::Unsupported(format!(
+                                    "config {} is larger than announced",
+                                    blob.digest
+                                )));
+                            }
+                            Err(e) => {
+                                err = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    match err {
+                        None => {
+                            let actual = sha256_digest(&buf);
+                            if actual != blob.digest {
+                                return Err(PullError::Digest {
+                                    expected: blob.digest.clone(),
+                                    actual,
+                                });
+                            }
+                            return Ok(buf.freeze());
+                        }
+                        Some(e) => e,
+                    }
+                }
+                Err(e) => match e.kind() {
+                    Failure::NotFound => return Err(PullError::NotFound(blob.digest.clone())),
+                    Failure::Fatal => {
+                        return Err(PullError::Registry {
+                            what: format!("config {}", blob.digest),
+                            source: e,
+                        });
+                    }
+                    _ => e.to_string(),
+                },
+            };
+            attempt += 1;
+            if attempt >= self.retry.max_attempts {
+                return Err(PullError::Other(format!(
+                    "config {}: {result} (after {attempt} attempts)",
+                    blob.digest
+                )));
+            }
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        }
+    }
+
+    /// Writes an in-memory blob (config, manifest, index) with `labels`,
+    /// or labels it when containerd already has it.
+    async fn put_small(
+        &self,
+        lease: &str,
+        blob: &BlobRef,
+        data: Bytes,
+        labels: HashMap<String, String>,
+    ) -> Result<(), PullError> {
+        let lock = self.locks.get(&blob.digest);
+        let _held = lock.lock().await;
+        if self.containerd.content_info(&blob.digest).await?.is_some() {
+            self.containerd
+                .lease_resource(lease, &blob.digest, "content")
+                .await?;
+            self.containerd.label_content(&blob.digest, labels).await?;
+            return Ok(());
+        }
+        let ingest = format!("berth-{}", blob.digest);
+        self.containerd.abort_write(&ingest).await?;
+        let mut w = match self
+            .containerd
+            .writer(lease, &ingest, &blob.digest, blob.size)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) if e.code() == Some(Code::AlreadyExists) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        w.write(data).await?;
+        match w.commit(labels).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some(Code::AlreadyExists) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Downloads one layer into containerd; the bytes downloaded.
+    async fn fetch_blob(
+        &self,
+        image: &ImageRef,
+        lease: &str,
+        job: &Job,
+        progress: &ProgressFn,
+    ) -> Result<u64, PullError> {
+        let blob = &job.blob;
+        let lock = self.locks.get(&blob.digest);
+        let _held = lock.lock().await;
+        progress(Progress::BlobStarted {
+            digest: blob.digest.clone(),
+            size: blob.size,
+        });
+        if self.containerd.content_info(&blob.digest).await?.is_some() {
+            self.containerd
+                .lease_resource(lease, &blob.digest, "content")
+                .await?;
+            self.containerd
+                .label_content(&blob.digest, job.labels.clone())
+                .await?;
+            progress(Progress::BlobDone {
+                digest: blob.digest.clone(),
+                existed: true,
+            });
+            return Ok(0);
+        }
+        if !blob.digest.starts_with("sha256:") {
+            return Err(PullError::Unsupported(format!(
+                "blob {}: only sha256 digests are verified",
+                blob.digest
+            )));
+        }
+        // An ingest left by an earlier process cannot be resumed with a
+        // verified hash (its prefix was never hashed here): start over.
+        let ingest = format!("berth-{}", blob.digest);
+        self.containerd.abort_write(&ingest).await?;
+        let mut writer = self
+            .containerd
+            .writer(lease, &ingest, &blob.digest, blob.size)
+            .await?;
+        let mut hasher = Sha256::new();
+        let mut written = writer.offset();
+        if written != 0 {
+            return Err(PullError::Other(format!(
+                "containerd kept {written} bytes of the aborted ingest {ingest}"
+            )));
+        }
+        let mut attempt = 0u32;
+        while written < blob.size {
+            let before = written;
+            let error = match self.registry.blob(image, blob, written).await {
+                Ok(body) => {
+                    let mut skip = if body.from_start { written } else { 0 };
+                    let mut stream = body.stream;
+                    let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+                    let mut failed = None;
+                    loop {
+                        let next = stream.next().await;
+                        let ended = !matches!(next, Some(Ok(_)));
+                        match next {
+                            Some(Ok(mut c)) => {
+                                if skip > 0 {
+                                    let n = usize::try_from(skip.min(c.len() as u64)).unwrap_or(0);
+                                    let _ = c.split_to(n);
+                                    skip -= n as u64;
+                                }
+                                buf.extend_from_slice(&c);
+                            }
+                            Some(Err(e)) => failed = Some(e.to_string()),
+                            None => {}
+                        }
+                        if buf.len() >= WRITE_CHUNK || (ended && !buf.is_empty()) {
+                            let piece = buf.split().freeze();
+                            let n = piece.len() as u64;
+                            if written + n > blob.size {
+                                return Err(PullError::Digest {
+                                    expected: blob.digest.clone(),
+                                    actual: format!("more than {} bytes", blob.size),
+                                });
+                            }
+                            if let Some(l) = &self.limiter {
+                                l.acquire(piece.len()).await;
+                            }
+                            hasher.update(&piece);
+                            writer.write(piece).await?;
+                            written += n;
+                            progress(Progress::BlobBytes {
+                                digest: blob.digest.clone(),
+                                bytes: n,
+                            });
+                        }
+                        if ended {
+                            break;
+                        }
+                    }
+                    match failed {
+                        Some(e) => e,
+                        None if written < blob.size => {
+                            format!("connection closed at byte {written} of {}", blob.size)
+                        }
+                        None => break,
+                    }
+                }
+                Err(e) => match e.kind() {
+                    Failure::NotFound => return Err(PullError::NotFound(blob.digest.clone())),
+                    Failure::Fatal => {
+                        return Err(PullError::Registry {
+                            what: format!("layer {}", blob.digest),
+                            source: e,
+                        });
+                    }
+                    _ => e.to_string(),
+                },
+            };
+            // Progress resets the count: a flaky link that keeps moving
+            // finishes; one that is dead gives up after max_attempts.
+            if written > before {
+                attempt = 0;
+            }
+            attempt += 1;
+            if attempt >= self.retry.max_attempts {
+                return Err(PullError::Other(format!(
+                    "layer {}: {error} (after {attempt} attempts)",
+                    blob.digest
+                )));
+            }
+            progress(Progress::Retry {
+                digest: blob.digest.clone(),
+                attempt,
+                error: error.clone(),
+            });
+            tracing::warn!(digest = %blob.digest, written, attempt, %error, "layer download interrupted; resuming");
+            tokio::time::sleep(self.retry.delay(attempt)).await;
+        }
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != blob.digest {
+            drop(writer);
+            // Nothing of the corrupt bytes stays in containerd.
+            self.containerd.abort_write(&ingest).await?;
+            return Err(PullError::Digest {
+                expected: blob.digest.clone(),
+                actual,
+            });
+        }
+        match writer.commit(job.labels.clone()).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(Code::AlreadyExists) => {}
+            Err(e) => return Err(e.into()),
+        }
+        progress(Progress::BlobDone {
+            digest: blob.digest.clone(),
+            existed: false,
+        });
+        Ok(written)
+    }
+
+    /// Applies the layers in order onto their chain of snapshots.
+    async fn unpack(
+        &self,
+        lease: &str,
+        layers: &[BlobRef],
+        diff_ids: &[String],
+        chain: &[String],
+        progress: &ProgressFn,
+    ) -> Result<(), PullError> {
+        let snapshot_kind = format!("snapshots/{}", self.containerd.snapshotter());
+        let mut parent = String::new();
+        for (i, layer) in layers.iter().enumerate() {
+            progress(Progress::Unpacking {
+                layer: i + 1,
+                of: layers.len(),
+            });
+            let chain_id = &chain[i];
+            let lock = self.locks.get(&format!("snapshot:{chain_id}"));
+            let _held = lock.lock().await;
+            if self.containerd.snapshot_exists(chain_id).await? {
+                self.containerd
+                    .lease_resource(lease, chain_id, &snapshot_kind)
+                    .await?;
+                parent.clone_from(chain_id);
+                continue;
+            }
+            let key = format!("extract-{}-{chain_id}", uuid::Uuid::new_v4());
+            let mounts = self.containerd.prepare(lease, &key, &parent).await?;
+            let desc = Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.clone(),
+                size: layer.size as i64,
+                annotations: HashMap::new(),
+            };
+            let applied = match self.containerd.apply(lease, desc, mounts).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = self.containerd.remove_snapshot(&key).await;
+                    return Err(e.into());
+                }
+            };
+            if applied != diff_ids[i] {
+                let _ = self.containerd.remove_snapshot(&key).await;
+                return Err(PullError::DiffId {
+                    layer: layer.digest.clone(),
+                    expected: diff_ids[i].clone(),
+                    actual: applied,
+                });
+            }
+            match self.containerd.commit(lease, chain_id, &key).await {
+                Ok(()) => {}
+                // Another process committed the same chain meanwhile.
+                Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                    let _ = self.containerd.remove_snapshot(&key).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            parent.clone_from(chain_id);
+        }
+        Ok(())
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// containerd's chain ids: the first layer's diff id, then
+/// `sha256(parent + " " + diff_id)`.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(parent) => sha256_digest(format!("{parent} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_containerd() {
+        let a = "sha256:aaaa".to_owned();
+        let b = "sha256:bbbb".to_owned();
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        assert_eq!(chain[1], sha256_digest(b"sha256:aaaa sha256:bbbb"));
+    }
+
+    #[test]
+    fn layer_media_types() {
+        assert!(unpackable("application/vnd.oci.image.layer.v1.tar+gzip"));
+        assert!(!unpackable(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        ));
+        assert!(is_foreign(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+    }
+}
