@@ -45,7 +45,7 @@ pub enum ContainerdError {
 }
 
 impl ContainerdError {
-    fn call(op: &'static str) -> impl FnOnce(Status) -> ContainerdError {
+    pub(crate) fn call(op: &'static str) -> impl FnOnce(Status) -> ContainerdError {
         move |status| ContainerdError::Call { op, status }
     }
 
@@ -106,7 +106,17 @@ impl Containerd {
         &self.snapshotter
     }
 
-    fn request<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
+    /// The gRPC channel, for the container calls in `runtime::calls`.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The namespace all calls go to (containers' cgroups are named after it).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub(crate) fn request<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
         let mut req = Request::new(msg);
         let md = req.metadata_mut();
         // Namespaces and lease ids are validated ASCII identifiers (our
@@ -480,6 +490,30 @@ impl ContentWriter {
     /// Where containerd's ingest stands (bytes already written).
     pub fn offset(&self) -> u64 {
         u64::try_from(self.offset).unwrap_or(0)
+    }
+
+    /// Ends the write without committing, and waits until containerd has
+    /// ended its side of the stream, which it does only after closing the
+    /// ingest's files. An abort sent right after merely dropping the writer
+    /// races that close and can fail ("unlinkat …/ingest/…: directory not
+    /// empty"), leaving the ingest behind.
+    pub async fn close(mut self) {
+        self.tx.close_channel();
+        let drain = async {
+            while let Some(r) = self.responses.next().await {
+                if r.is_err() {
+                    break;
+                }
+            }
+        };
+        // Bounded: a containerd that never ends the stream must not hang
+        // the pull; the abort then reports what is wrong.
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(ingest = %self.ingest_ref, "containerd did not end the content write stream");
+        }
     }
 
     async fn exchange(&mut self, req: WriteContentRequest, op: &'static str) -> Result<i64> {

@@ -7,11 +7,14 @@
 //! - [`platform`]: the node's platform and the choice from an index.
 //! - [`identity`]: node tokens bought over mTLS with the node certificate.
 //! - [`registry`]: oci-client plus retries, backoff and the bandwidth limit.
-//! - [`containerd`]: the only module that talks to containerd.
+//! - [`containerd`]: the containerd client (connection, namespace and lease
+//!   headers) and the pull's calls.
 //! - [`pull`]: a pull from reference to unpacked image record.
+//! - [`runtime`]: containers run from pulled images (containerd + runc).
 //!
 //! **Invariant:** only this crate talks to containerd, and within it only
-//! [`containerd`]; it shares no code with the server crates.
+//! [`containerd`] and the container calls of [`runtime::calls`] (methods of
+//! the same client); it shares no code with the server crates.
 
 pub mod config;
 pub mod containerd;
@@ -20,6 +23,7 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 
 pub use config::AgentConfig;
 pub use pull::{Progress, PullError, Pulled, Puller};

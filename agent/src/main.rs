@@ -1,5 +1,6 @@
 //! `berth-agent`: the node daemon and the local CLI for people on the box
-//! (`pull`, `images`, `rmi`, `validate`, `daemon`).
+//! (`pull`, `images`, `rmi`, `run`, `ps`, `logs`, `stop`, `rm`, `validate`,
+//! `daemon`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use agent::config::{AgentConfig, DEFAULT_CONFIG_PATH, Overrides};
 use agent::containerd::Containerd;
+use agent::runtime::spec::Overrides as RunOverrides;
+use agent::runtime::{RunRequest, Runtime};
 use agent::{Progress, Puller};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -62,6 +65,56 @@ enum Command {
     },
     /// Remove an image record (containerd's GC reclaims what nothing else uses).
     Rmi { reference: String },
+    /// Create and start a container from an image (pulled first when
+    /// containerd does not have it). Output goes to a log file (`logs`).
+    Run {
+        /// The container's name (containerd's id).
+        name: String,
+        /// The image, as for `pull`.
+        image: String,
+        /// `KEY=VALUE`, over the image's variable of the same name; repeatable.
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Hostname inside the container (default: its name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Seconds `stop` waits between SIGTERM and SIGKILL (default 30).
+        #[arg(long, value_name = "SECS")]
+        stop_timeout: Option<u64>,
+        /// `uid[:gid]` or `name[:group]` from the image's /etc/passwd and
+        /// /etc/group (default: the image's user).
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Replaces the image's command (its entrypoint stays): `-- CMD ARGS…`.
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// List the containers with their state and exit status.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a container's output (stdout and stderr, interleaved).
+    Logs { name: String },
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        name: String,
+        /// Seconds between SIGTERM and SIGKILL (default: the container's
+        /// `--stop-timeout`, else 30).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stopped container: its task, record, snapshot and log.
+    Rm {
+        name: String,
+        /// Kill it first if it is running.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
     /// Run as the node daemon: metrics endpoint, graceful shutdown.
     Daemon,
 }
@@ -114,6 +167,41 @@ async fn main() -> anyhow::Result<()> {
         Command::Pull { reference, json } => pull(&cfg, &reference, json).await,
         Command::Images { json } => images(&cfg, json).await,
         Command::Rmi { reference } => rmi(&cfg, &reference).await,
+        Command::Run {
+            name,
+            image,
+            env,
+            hostname,
+            stop_timeout,
+            user,
+            json,
+            cmd,
+        } => {
+            let req = RunRequest {
+                name,
+                image,
+                overrides: RunOverrides {
+                    cmd,
+                    env,
+                    hostname,
+                    user,
+                },
+                stop_timeout: stop_timeout.map(std::time::Duration::from_secs),
+            };
+            run(&cfg, &req, json).await
+        }
+        Command::Ps { json } => ps(&cfg, json).await,
+        Command::Logs { name } => logs(&cfg, &name).await,
+        Command::Stop {
+            name,
+            timeout,
+            json,
+        } => stop(&cfg, &name, timeout, json).await,
+        Command::Rm { name, force } => {
+            Runtime::new(&cfg).await?.rm(&name, force).await?;
+            println!("removed {name}");
+            Ok(())
+        }
         Command::Daemon => daemon::run(cfg).await,
     }
 }
@@ -246,4 +334,79 @@ async fn rmi(cfg: &AgentConfig, reference: &str) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("no image {name}")
     }
+}
+
+async fn run(cfg: &AgentConfig, req: &RunRequest, json: bool) -> anyhow::Result<()> {
+    let started = Runtime::new(cfg).await?.run(req).await?;
+    if json {
+        println!("{}", serde_json::to_string(&started)?);
+    } else {
+        println!(
+            "{} started (pid {}, image {}{}); output in {}",
+            started.name,
+            started.pid,
+            started.image,
+            if started.pulled { ", pulled" } else { "" },
+            started.log.display()
+        );
+    }
+    Ok(())
+}
+
+async fn ps(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    let list = Runtime::new(cfg).await?.ps().await?;
+    if json {
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        println!(
+            "{:<24} {:<10} {:<8} {:<6} IMAGE",
+            "NAME", "STATE", "PID", "EXIT"
+        );
+        for c in list {
+            let opt = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            println!(
+                "{:<24} {:<10} {:<8} {:<6} {}",
+                c.name,
+                c.state,
+                opt(c.pid),
+                opt(c.exit_status),
+                c.image
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn logs(cfg: &AgentConfig, name: &str) -> anyhow::Result<()> {
+    let path = Runtime::new(cfg).await?.logs(name).await?;
+    let mut file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+    std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+async fn stop(
+    cfg: &AgentConfig,
+    name: &str,
+    timeout: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let stopped = Runtime::new(cfg)
+        .await?
+        .stop(name, timeout.map(std::time::Duration::from_secs))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string(&stopped)?);
+    } else {
+        match stopped.exit_status {
+            Some(s) if stopped.killed => {
+                println!(
+                    "{name} killed after {} s (exit status {s})",
+                    stopped.timeout_secs
+                )
+            }
+            Some(s) => println!("{name} stopped (exit status {s})"),
+            None => println!("{name} was not running"),
+        }
+    }
+    Ok(())
 }

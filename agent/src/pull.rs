@@ -439,6 +439,19 @@ impl Puller {
             m
         };
 
+        // Free space: what is missing, compressed, plus as much again for
+        // the unpacked layers (a floor: gzip often expands more), plus the
+        // configured reserve. Checked before the first blob download (the
+        // config's included), from the manifest's sizes alone: a node that
+        // cannot hold the image should not spend bandwidth on any of it.
+        let mut missing = 0u64;
+        for l in layers {
+            if self.containerd.content_info(&l.digest).await?.is_none() {
+                missing = missing.saturating_add(l.size);
+            }
+        }
+        self.check_disk(missing.saturating_mul(2))?;
+
         // The config first: its diff ids name the snapshots.
         let config_bytes = self.small_blob(image, config).await?;
         let rootfs: ConfigRootfs = serde_json::from_slice(&config_bytes)
@@ -453,17 +466,6 @@ impl Puller {
         }
         let chain = chain_ids(&diff_ids);
         let snapshotter = self.containerd.snapshotter().to_owned();
-
-        // Free space: what is missing, compressed, plus as much again for
-        // the unpacked layers (a floor: gzip often expands more), plus the
-        // configured reserve.
-        let mut missing = 0u64;
-        for l in layers {
-            if self.containerd.content_info(&l.digest).await?.is_none() {
-                missing = missing.saturating_add(l.size);
-            }
-        }
-        self.check_disk(missing.saturating_mul(2))?;
 
         // Layers, in parallel and bounded.
         let jobs: Vec<Job> = layers
@@ -780,6 +782,13 @@ impl Puller {
                         }
                     }
                     match failed {
+                        // Every byte arrived and only then the stream
+                        // failed: that is oci-client's own digest check of
+                        // a full body. Retrying cannot change the bytes,
+                        // and with no attempts left the corruption would be
+                        // reported as a failed download with its ingest
+                        // left behind: the agent's hash below decides.
+                        Some(_) if written == blob.size => break,
                         Some(e) => e,
                         None if written < blob.size => {
                             format!("connection closed at byte {written} of {}", blob.size)
@@ -820,7 +829,9 @@ impl Puller {
         }
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != blob.digest {
-            drop(writer);
+            // Closed, not dropped: the abort must not race containerd's
+            // writer (see `ContentWriter::close`).
+            writer.close().await;
             // Nothing of the corrupt bytes stays in containerd.
             self.containerd.abort_write(&ingest).await?;
             return Err(PullError::Digest {

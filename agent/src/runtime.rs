@@ -1,0 +1,712 @@
+//! Running containers from pulled images, through containerd and runc
+//! (the first slice of the runtime: run, ps, logs, stop, rm).
+//!
+//! A container is three containerd objects named after it: a snapshot
+//! (key = the container's name) prepared on the image's top chain id, a
+//! container record carrying the OCI spec the agent built (see [`spec`]),
+//! and a task (runc's process). Every containerd call is in [`calls`], as
+//! methods of [`Containerd`]; nothing else in the runtime talks to it.
+//!
+//! **Output.** The task's stdout and stderr go to one file,
+//! `<data_dir>/containers/<name>/output.log`, given to containerd as a
+//! `file://` URI. The runc shim (v2, containerd 1.6) opens that file
+//! itself and copies the container's pipes into it, so output is kept
+//! while no agent runs: `berth-agent run` is a CLI that exits after the
+//! start. FIFOs (containerd's default, what `ctr run` uses) need a reader
+//! for the container's whole life; with nobody reading them the container
+//! blocks once the pipe buffer is full. Log size limits are not in this
+//! slice.
+//!
+//! **Network.** Containers share the host's network namespace for now (no
+//! CNI yet, so no port mappings); they get the host's `/etc/resolv.conf`
+//! and `/etc/hosts` read-only.
+
+pub mod calls;
+pub mod spec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_client::tonic::Code;
+use containerd_client::types::Mount;
+use containerd_client::types::v1::Status;
+
+use crate::config::AgentConfig;
+use crate::containerd::{Containerd, ContainerdError};
+use crate::pull::{PullError, Puller, chain_ids};
+use crate::reference::{ImageRef, ReferenceError};
+use calls::NewContainer;
+
+/// Largest manifest, index or config the runtime reads from containerd.
+const MAX_JSON_BYTES: usize = 4 << 20;
+/// How long a run's lease keeps its snapshot if the agent dies between
+/// Prepare and the container record.
+const RUN_LEASE_TTL: Duration = Duration::from_secs(600);
+/// After SIGKILL, how long to wait for the exit before giving up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Label marking containers created by the agent.
+pub const MANAGED_LABEL: &str = "io.berth.agent/managed";
+/// Label with the image reference as given to `run`.
+pub const REFERENCE_LABEL: &str = "io.berth.agent/reference";
+/// Label with the container's stop timeout in seconds, what `stop` uses
+/// unless told otherwise.
+pub const STOP_TIMEOUT_LABEL: &str = "io.berth.agent/stop-timeout";
+/// The stop timeout when `run` was given none (the product's default).
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no container {0}")]
+    NoContainer(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("container {0} is running; stop it first")]
+    Running(String),
+    #[error("image {name}: {message}")]
+    Image { name: String, message: String },
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error("building the OCI spec: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// What `run` is asked for.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    pub name: String,
+    /// As typed on the box (`app:v1`); resolved into the namespace.
+    pub image: String,
+    pub overrides: spec::Overrides,
+    /// Between SIGTERM and SIGKILL on `stop`; [`DEFAULT_STOP_TIMEOUT`]
+    /// when `None`.
+    pub stop_timeout: Option<Duration>,
+}
+
+/// A started container.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Started {
+    pub name: String,
+    /// containerd's image name.
+    pub image: String,
+    pub pid: u32,
+    pub log: PathBuf,
+    /// Whether `run` had to pull the image first.
+    pub pulled: bool,
+}
+
+/// A container as `ps` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerInfo {
+    pub name: String,
+    pub image: String,
+    /// `created` (no task), `running`, `stopped`, `paused`, `unknown`.
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Set once the task has exited.
+    pub exit_status: Option<u32>,
+}
+
+/// How a `stop` ended.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stopped {
+    pub name: String,
+    /// `None` when the container was not running.
+    pub exit_status: Option<u32>,
+    /// SIGKILL was needed after the timeout.
+    pub killed: bool,
+    /// The timeout that applied, in seconds.
+    pub timeout_secs: u64,
+}
+
+/// Runs containers of one node in its containerd namespace.
+#[derive(Debug)]
+pub struct Runtime {
+    containerd: Containerd,
+    cfg: AgentConfig,
+}
+
+impl Runtime {
+    pub async fn new(cfg: &AgentConfig) -> Result<Runtime> {
+        let containerd = Containerd::connect(
+            &cfg.containerd.socket,
+            &cfg.containerd.namespace,
+            &cfg.containerd.snapshotter,
+        )
+        .await?;
+        Ok(Runtime {
+            containerd,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Where a container's output goes.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("containers")
+            .join(name)
+            .join("output.log")
+    }
+
+    /// Creates and starts container `name` from an image, pulling the
+    /// image first when containerd does not have it.
+    pub async fn run(&self, req: &RunRequest) -> Result<Started> {
+        validate_name(&req.name)?;
+        let image = ImageRef::resolve(
+            &req.image,
+            &self.cfg.registry_host(),
+            &self.cfg.registry.namespace,
+        )?;
+        let image_name = image.image_name();
+        if self.containerd.container(&req.name).await?.is_some() {
+            return Err(RuntimeError::Exists(req.name.clone()));
+        }
+        let (target, pulled) = match self.containerd.image_target(&image_name).await? {
+            Some(t) => (t, false),
+            None => {
+                // Only now is the node identity needed: a box running
+                // cached images keeps working without the registry.
+                let puller = Puller::new(&self.cfg).await?;
+                puller.pull(&req.image, Arc::new(|_| {})).await?;
+                let t = self
+                    .containerd
+                    .image_target(&image_name)
+                    .await?
+                    .ok_or_else(|| RuntimeError::Image {
+                        name: image_name.clone(),
+                        message: "no image record after the pull".into(),
+                    })?;
+                (t, true)
+            }
+        };
+        let (config, top_chain) = self.image_config(&image_name, &target.digest).await?;
+        let image_process = spec::ImageProcess::from_config(&config);
+
+        let lease = self.containerd.create_lease(RUN_LEASE_TTL).await?;
+        let created = self
+            .create(req, &image_name, &image_process, &top_chain, &lease)
+            .await;
+        if let Err(e) = self.containerd.delete_lease(&lease).await {
+            // It expires by itself; the container record holds the
+            // snapshot from now on.
+            tracing::warn!(%lease, error = %e, "deleting the run lease");
+        }
+        // `create` cleans up after itself: a failure there may be another
+        // `run` of the same name winning the race, whose objects must stay.
+        let rootfs = created?;
+        match self.start(&req.name, rootfs).await {
+            Ok((pid, log)) => Ok(Started {
+                name: req.name.clone(),
+                image: image_name,
+                pid,
+                log,
+                pulled,
+            }),
+            Err(e) => {
+                self.cleanup(&req.name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Snapshot, spec and container record; the rootfs mounts.
+    async fn create(
+        &self,
+        req: &RunRequest,
+        image_name: &str,
+        image_process: &spec::ImageProcess,
+        top_chain: &str,
+        lease: &str,
+    ) -> Result<Vec<Mount>> {
+        let mounts = match self
+            .containerd
+            .prepare_labelled(lease, &req.name, top_chain, HashMap::new())
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                return Err(RuntimeError::Invalid(format!(
+                    "a snapshot named {} already exists: another `run` of that name, or an \
+                     orphan of an interrupted one (containerd's GC removes it within {} s)",
+                    req.name,
+                    RUN_LEASE_TTL.as_secs()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let result = self
+            .create_record(req, image_name, image_process, &mounts, lease)
+            .await;
+        if let Err(e) = result {
+            // The snapshot is ours (its key is the name and Prepare
+            // succeeded); the container record, if any, is not.
+            let snapshotter = self.containerd.snapshotter().to_owned();
+            let _ = self
+                .containerd
+                .remove_snapshot_of(&snapshotter, &req.name)
+                .await;
+            return Err(e);
+        }
+        Ok(mounts)
+    }
+
+    /// The spec and the container record on the prepared snapshot.
+    async fn create_record(
+        &self,
+        req: &RunRequest,
+        image_name: &str,
+        image_process: &spec::ImageProcess,
+        mounts: &[Mount],
+        lease: &str,
+    ) -> Result<()> {
+        let layers = layer_dirs(mounts);
+        let lookup = move |path: &str| read_from_layers(&layers, path);
+        let plan = spec::plan(image_process, &req.overrides, &lookup)?;
+        let hostname = req.overrides.hostname.as_deref().unwrap_or(&req.name);
+        let cgroups = format!("/{}/{}", self.containerd.namespace(), req.name);
+        let oci = spec::build(&plan, hostname, &cgroups, &spec::host_network_files())?;
+        let spec_json = serde_json::to_vec(&oci)
+            .map_err(|e| RuntimeError::Invalid(format!("serialising the spec: {e}")))?;
+        let labels = HashMap::from([
+            (MANAGED_LABEL.to_owned(), "true".to_owned()),
+            (REFERENCE_LABEL.to_owned(), req.image.clone()),
+            (
+                STOP_TIMEOUT_LABEL.to_owned(),
+                req.stop_timeout
+                    .unwrap_or(DEFAULT_STOP_TIMEOUT)
+                    .as_secs()
+                    .to_string(),
+            ),
+        ]);
+        self.containerd
+            .create_container(
+                lease,
+                NewContainer {
+                    id: &req.name,
+                    image: image_name,
+                    spec_json,
+                    snapshot_key: &req.name,
+                    labels,
+                },
+            )
+            .await
+            .map_err(|e| match e.code() {
+                Some(Code::AlreadyExists) => RuntimeError::Exists(req.name.clone()),
+                _ => e.into(),
+            })?;
+        Ok(())
+    }
+
+    /// Task create (runc create) and start, output into the log file.
+    async fn start(&self, name: &str, rootfs: Vec<Mount>) -> Result<(u32, PathBuf)> {
+        let log = self.log_path(name);
+        let dir = log.parent().unwrap_or(Path::new("/"));
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        // The shim resolves the URI in its own working directory: it
+        // must be absolute.
+        let dir = std::fs::canonicalize(dir).map_err(io_err(dir))?;
+        let log = dir.join("output.log");
+        // A new run starts a new log (the shim appends).
+        std::fs::File::create(&log).map_err(io_err(&log))?;
+        let uri = format!("file://{}", log.display());
+        self.containerd.create_task(name, rootfs, &uri).await?;
+        let pid = self.containerd.start_task(name).await?;
+        Ok((pid, log))
+    }
+
+    /// Best effort removal after a failed run: a failed `run` leaves
+    /// nothing for `rm` to do.
+    async fn cleanup(&self, name: &str) {
+        let _ = self.containerd.kill_task(name, 9, true).await;
+        let _ = self.containerd.delete_task(name).await;
+        let _ = self.containerd.delete_container(name).await;
+        let snapshotter = self.containerd.snapshotter().to_owned();
+        let _ = self.containerd.remove_snapshot_of(&snapshotter, name).await;
+    }
+
+    /// The image's config and the chain id of its top layer, from
+    /// containerd's content store (the node's platform picked from an
+    /// index, as the pull did).
+    async fn image_config(
+        &self,
+        name: &str,
+        target: &str,
+    ) -> Result<(oci_spec::image::ImageConfiguration, String)> {
+        let bad = |message: String| RuntimeError::Image {
+            name: name.to_owned(),
+            message,
+        };
+        let mut digest = target.to_owned();
+        let bytes = self
+            .containerd
+            .read_content(&digest, MAX_JSON_BYTES)
+            .await?;
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(format!("{digest}: {e}")))?;
+        if doc.get("manifests").is_some() {
+            let platform = self.cfg.platform();
+            let index: oci_spec::image::ImageIndex =
+                serde_json::from_value(doc).map_err(|e| bad(format!("index {digest}: {e}")))?;
+            let chosen = index
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        platform.matches(
+                            &p.os().to_string(),
+                            &p.architecture().to_string(),
+                            p.variant().as_deref(),
+                        )
+                    })
+                })
+                .ok_or_else(|| bad(format!("no manifest for this node's platform {platform}")))?;
+            digest = chosen.digest().to_string();
+            let bytes = self
+                .containerd
+                .read_content(&digest, MAX_JSON_BYTES)
+                .await?;
+            doc = serde_json::from_slice(&bytes).map_err(|e| bad(format!("{digest}: {e}")))?;
+        }
+        let manifest: oci_spec::image::ImageManifest =
+            serde_json::from_value(doc).map_err(|e| bad(format!("manifest {digest}: {e}")))?;
+        let config_digest = manifest.config().digest().to_string();
+        let bytes = self
+            .containerd
+            .read_content(&config_digest, MAX_JSON_BYTES)
+            .await?;
+        let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("config {config_digest}: {e}")))?;
+        let diff_ids: Vec<String> = config.rootfs().diff_ids().clone();
+        let top = chain_ids(&diff_ids)
+            .pop()
+            .ok_or_else(|| bad("the image has no layers".into()))?;
+        Ok((config, top))
+    }
+
+    /// Every container of the namespace with its task's state.
+    pub async fn ps(&self) -> Result<Vec<ContainerInfo>> {
+        // One list of tasks rather than a Get per container; a task that
+        // appears between the two lists shows as `created` this time.
+        let containers = self.containerd.list_containers().await?;
+        let mut tasks: HashMap<String, containerd_client::types::v1::Process> = self
+            .containerd
+            .list_tasks()
+            .await?
+            .into_iter()
+            // containerd 1.6 leaves `container_id` empty in this list; an
+            // init process's `id` is its container's.
+            .map(|p| {
+                let id = if p.container_id.is_empty() {
+                    p.id.clone()
+                } else {
+                    p.container_id.clone()
+                };
+                (id, p)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for c in containers {
+            let task = tasks.remove(&c.id);
+            let (state, pid, exit_status) = match task {
+                None => ("created", None, None),
+                Some(p) => match Status::try_from(p.status).unwrap_or(Status::Unknown) {
+                    Status::Running => ("running", Some(p.pid), None),
+                    Status::Stopped => ("stopped", None, Some(p.exit_status)),
+                    Status::Created => ("created", Some(p.pid), None),
+                    Status::Paused | Status::Pausing => ("paused", Some(p.pid), None),
+                    Status::Unknown => ("unknown", None, None),
+                },
+            };
+            out.push(ContainerInfo {
+                name: c.id,
+                image: c.image,
+                state: state.to_owned(),
+                pid,
+                exit_status,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The log file of an existing container.
+    pub async fn logs(&self, name: &str) -> Result<PathBuf> {
+        validate_name(name)?;
+        if self.containerd.container(name).await?.is_none() {
+            return Err(RuntimeError::NoContainer(name.to_owned()));
+        }
+        Ok(self.log_path(name))
+    }
+
+    /// SIGTERM, then SIGKILL (to every process of the container) if it
+    /// has not exited after `timeout` (default: the container's own stop
+    /// timeout, given to `run`). The task stays, stopped, so `ps` shows
+    /// the exit status; `rm` deletes it.
+    pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<Stopped> {
+        validate_name(name)?;
+        let Some(container) = self.containerd.container(name).await? else {
+            return Err(RuntimeError::NoContainer(name.to_owned()));
+        };
+        let timeout = timeout.unwrap_or_else(|| {
+            container
+                .labels
+                .get(STOP_TIMEOUT_LABEL)
+                .and_then(|s| s.parse().ok())
+                .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs)
+        });
+        let not_running = Stopped {
+            name: name.to_owned(),
+            exit_status: None,
+            killed: false,
+            timeout_secs: timeout.as_secs(),
+        };
+        match self.containerd.task(name).await? {
+            Some(p) if p.status == Status::Running as i32 => {}
+            Some(p) if p.status == Status::Stopped as i32 => {
+                return Ok(Stopped {
+                    exit_status: Some(p.exit_status),
+                    ..not_running
+                });
+            }
+            Some(_) => {
+                // Created or paused: nothing ran to ask politely.
+                self.containerd.kill_task(name, 9, true).await?;
+                let status = self.wait(name, KILL_WAIT).await?;
+                return Ok(Stopped {
+                    exit_status: status,
+                    killed: true,
+                    ..not_running
+                });
+            }
+            None => return Ok(not_running),
+        }
+        // SIGTERM to init only, as Docker does: it is init's job to pass
+        // it on; SIGKILL below reaches everything.
+        if !self.containerd.kill_task(name, 15, false).await? {
+            let status = self.containerd.task(name).await?.map(|p| p.exit_status);
+            return Ok(Stopped {
+                exit_status: status,
+                ..not_running
+            });
+        }
+        if let Some(status) = self.wait(name, timeout).await? {
+            return Ok(Stopped {
+                exit_status: Some(status),
+                ..not_running
+            });
+        }
+        tracing::info!(name, ?timeout, "no exit after SIGTERM; sending SIGKILL");
+        self.containerd.kill_task(name, 9, true).await?;
+        let status = self.wait(name, KILL_WAIT).await?;
+        if status.is_none() {
+            return Err(RuntimeError::Invalid(format!(
+                "container {name} did not exit {KILL_WAIT:?} after SIGKILL"
+            )));
+        }
+        Ok(Stopped {
+            exit_status: status,
+            killed: true,
+            ..not_running
+        })
+    }
+
+    /// The exit status, or `None` if the task did not exit within `limit`.
+    async fn wait(&self, name: &str, limit: Duration) -> Result<Option<u32>> {
+        match tokio::time::timeout(limit, self.containerd.wait_task(name)).await {
+            Ok(r) => Ok(Some(r?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Deletes the task, the container record, its snapshot and its log.
+    /// A running container is refused unless `force` (then it is killed).
+    pub async fn rm(&self, name: &str, force: bool) -> Result<()> {
+        validate_name(name)?;
+        let Some(container) = self.containerd.container(name).await? else {
+            return Err(RuntimeError::NoContainer(name.to_owned()));
+        };
+        if let Some(p) = self.containerd.task(name).await? {
+            if p.status != Status::Stopped as i32 {
+                if !force {
+                    return Err(RuntimeError::Running(name.to_owned()));
+                }
+                self.containerd.kill_task(name, 9, true).await?;
+                if self.wait(name, KILL_WAIT).await?.is_none() {
+                    return Err(RuntimeError::Invalid(format!(
+                        "container {name} did not exit {KILL_WAIT:?} after SIGKILL"
+                    )));
+                }
+            }
+            self.containerd.delete_task(name).await?;
+        }
+        self.containerd.delete_container(name).await?;
+        // The container record was what kept the snapshot; remove it now
+        // rather than wait for GC.
+        if !container.snapshot_key.is_empty() {
+            self.containerd
+                .remove_snapshot_of(&container.snapshotter, &container.snapshot_key)
+                .await?;
+        }
+        let dir = self.cfg.data_dir.join("containers").join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+}
+
+/// containerd's identifier rule (letters and digits, single `.`, `_` or
+/// `-` between them, at most 76 characters); the name is also a directory
+/// under the data dir, which the rule keeps safe.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 76
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
+        && name
+            .as_bytes()
+            .last()
+            .is_some_and(u8::is_ascii_alphanumeric)
+        && !name.contains("..")
+        && !name
+            .as_bytes()
+            .windows(2)
+            .any(|w| !w[0].is_ascii_alphanumeric() && !w[1].is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!(
+            "container name {name:?}: use letters, digits and single . _ - between them (at most 76)"
+        )))
+    }
+}
+
+/// The directories of the image's layers, top first, from a prepared
+/// snapshot's mounts: overlay's `upperdir` and `lowerdir`s, or a bind's
+/// source (one layer, or the native snapshotter).
+fn layer_dirs(mounts: &[Mount]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for m in mounts {
+        match m.r#type.as_str() {
+            "overlay" => {
+                for o in &m.options {
+                    if let Some(u) = o.strip_prefix("upperdir=") {
+                        dirs.insert(0, PathBuf::from(u));
+                    } else if let Some(l) = o.strip_prefix("lowerdir=") {
+                        dirs.extend(l.split(':').map(PathBuf::from));
+                    }
+                }
+            }
+            "bind" | "rbind" => dirs.push(PathBuf::from(&m.source)),
+            _ => {}
+        }
+    }
+    dirs
+}
+
+/// Reads `path` (absolute, inside the image) as overlay would show it,
+/// without mounting: the topmost layer holding it wins; a whiteout (a
+/// character device) hides it. (Opaque directories are not honoured: an
+/// image replacing all of `/etc` in an upper layer is rare, and the worst
+/// outcome is a user name found that the image deleted.)
+fn read_from_layers(dirs: &[PathBuf], path: &str) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let rel = path.trim_start_matches('/');
+    for d in dirs {
+        let p = d.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() => return None,
+            Ok(m) if m.is_file() => return std::fs::read_to_string(&p).ok(),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn names_follow_containerd() {
+        for ok in ["web", "web-1", "a.b_c", "X9"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "a..b",
+            "a/b",
+            "a b",
+            "a-_b",
+            &"x".repeat(77),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn layers_read_top_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = dir.path().join("upper");
+        let l1 = dir.path().join("l1");
+        let l2 = dir.path().join("l2");
+        for d in [&upper, &l1, &l2] {
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+        }
+        std::fs::write(l2.join("etc/passwd"), "old").unwrap();
+        std::fs::write(l1.join("etc/passwd"), "new").unwrap();
+        std::fs::write(l2.join("etc/group"), "g").unwrap();
+        let mounts = vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                "index=off".into(),
+                format!("workdir={}", dir.path().join("work").display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}:{}", l1.display(), l2.display()),
+            ],
+        }];
+        let dirs = layer_dirs(&mounts);
+        assert_eq!(dirs, [upper, l1, l2]);
+        assert_eq!(
+            read_from_layers(&dirs, "/etc/passwd").as_deref(),
+            Some("new")
+        );
+        assert_eq!(read_from_layers(&dirs, "/etc/group").as_deref(), Some("g"));
+        assert_eq!(read_from_layers(&dirs, "/etc/shadow"), None);
+    }
+}

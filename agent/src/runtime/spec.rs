@@ -1,0 +1,475 @@
+//! The OCI runtime spec of a container, built by the agent from the
+//! image's config and the `run` settings (no containerd call here: pure,
+//! unit-tested).
+//!
+//! It follows containerd's own default Unix spec (what `ctr run` gives), so
+//! an image behaves the same under `berth-agent run` and `ctr run`: the
+//! same mounts, capabilities, masked paths and device rules; differences
+//! are said where they are.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
+    get_default_readonly_paths,
+};
+
+use super::RuntimeError;
+
+/// PATH when the image sets none (Docker's and containerd's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the image's config says about its process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageProcess {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+impl ImageProcess {
+    /// From an image config (`application/vnd.oci.image.config.v1+json`
+    /// or Docker's, which has the same `config` object).
+    pub fn from_config(config: &oci_spec::image::ImageConfiguration) -> ImageProcess {
+        let Some(c) = config.config() else {
+            return ImageProcess::default();
+        };
+        ImageProcess {
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            env: c.env().clone().unwrap_or_default(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+            user: c.user().clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The `run` settings that override or extend the image's.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Replaces the image's `Cmd` (the entrypoint stays), as with `docker run`.
+    pub cmd: Vec<String>,
+    /// `K=V`, over the image's variables of the same name.
+    pub env: Vec<String>,
+    pub hostname: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The process as it will run, user resolved to ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessPlan {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Merges image and overrides. `lookup` reads a file of the image's root
+/// file system (`/etc/passwd`, `/etc/group`) for user and group names.
+pub fn plan(
+    image: &ImageProcess,
+    over: &Overrides,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<ProcessPlan, RuntimeError> {
+    let mut args = image.entrypoint.clone();
+    if over.cmd.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    } else {
+        args.extend(over.cmd.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(RuntimeError::Invalid(
+            "the image has no entrypoint or command, and none was given after `--`".into(),
+        ));
+    }
+    let env = merge_env(&image.env, &over.env)?;
+    let cwd = if image.working_dir.is_empty() {
+        "/".to_owned()
+    } else {
+        image.working_dir.clone()
+    };
+    let user = over.user.as_deref().unwrap_or(&image.user);
+    let (uid, gid) = resolve_user(user, lookup)?;
+    Ok(ProcessPlan {
+        args,
+        env,
+        cwd,
+        uid,
+        gid,
+    })
+}
+
+/// Image variables, then the overrides (same name: the override wins, in
+/// the image's position); PATH added when neither sets it, because the
+/// runtime does not supply one and `sh -c` would find nothing.
+fn merge_env(image: &[String], over: &[String]) -> Result<Vec<String>, RuntimeError> {
+    let mut env: Vec<String> = image.to_vec();
+    for kv in over {
+        let Some((key, _)) = kv.split_once('=') else {
+            return Err(RuntimeError::Invalid(format!(
+                "--env {kv:?}: expected KEY=VALUE"
+            )));
+        };
+        if key.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "--env {kv:?}: empty variable name"
+            )));
+        }
+        let prefix = format!("{key}=");
+        match env.iter_mut().find(|e| e.starts_with(&prefix)) {
+            Some(slot) => slot.clone_from(kv),
+            None => env.push(kv.clone()),
+        }
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    Ok(env)
+}
+
+/// `""` (root), `uid`, `uid:gid`, `name`, `name:group`, `uid:group`…:
+/// numbers are taken as they are; names are looked up in the image's
+/// `/etc/passwd` and `/etc/group` (as Docker and containerd do; the
+/// host's files mean nothing inside the image). A user without a group
+/// gets its passwd group (0 when given as a number not in passwd).
+pub fn resolve_user(
+    user: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(u32, u32), RuntimeError> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = lookup("/etc/passwd").unwrap_or_default();
+    let (uid, passwd_gid) = if let Ok(uid) = u.parse::<u32>() {
+        let gid = passwd_entries(&passwd)
+            .find(|e| e.1 == uid)
+            .map_or(0, |e| e.2);
+        (uid, gid)
+    } else {
+        let entry = passwd_entries(&passwd).find(|e| e.0 == u).ok_or_else(|| {
+            RuntimeError::Invalid(format!("user {u:?} is not in the image's /etc/passwd"))
+        })?;
+        (entry.1, entry.2)
+    };
+    let gid = match g {
+        None => passwd_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let groups = lookup("/etc/group").unwrap_or_default();
+                group_entries(&groups)
+                    .find(|e| e.0 == g)
+                    .map(|e| e.1)
+                    .ok_or_else(|| {
+                        RuntimeError::Invalid(format!(
+                            "group {g:?} is not in the image's /etc/group"
+                        ))
+                    })?
+            }
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// `(name, uid, gid)` of each well-formed passwd line.
+fn passwd_entries(text: &str) -> impl Iterator<Item = (&str, u32, u32)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        match f.as_slice() {
+            [name, _, uid, gid, ..] => Some((*name, uid.parse().ok()?, gid.parse().ok()?)),
+            _ => None,
+        }
+    })
+}
+
+/// `(name, gid)` of each well-formed group line.
+fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32)> {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        match f.as_slice() {
+            [name, _, gid, ..] => Some((*name, gid.parse().ok()?)),
+            _ => None,
+        }
+    })
+}
+
+/// containerd's default capability set (the same as Docker's).
+fn default_capabilities() -> HashSet<Capability> {
+    [
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fsetid,
+        Capability::Fowner,
+        Capability::Mknod,
+        Capability::NetRaw,
+        Capability::Setgid,
+        Capability::Setuid,
+        Capability::Setfcap,
+        Capability::Setpcap,
+        Capability::NetBindService,
+        Capability::SysChroot,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, RuntimeError> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
+        .build()?)
+}
+
+/// containerd's default mounts (/proc, /dev, /dev/pts, /dev/shm,
+/// /dev/mqueue, /sys read-only, /run), plus the host's resolv.conf and
+/// hosts read-only, because the container shares the host's network
+/// (what `ctr run --net-host` does) and would otherwise resolve nothing.
+fn mounts(host_files: &[PathBuf]) -> Result<Vec<Mount>, RuntimeError> {
+    let mut m = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/run",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+    ];
+    for f in host_files {
+        let s = f.display().to_string();
+        m.push(mount(&s, "bind", &s, &["rbind", "ro", "nosuid", "nodev"])?);
+    }
+    Ok(m)
+}
+
+/// The host files bind-mounted for host networking, those that exist.
+pub fn host_network_files() -> Vec<PathBuf> {
+    ["/etc/resolv.conf", "/etc/hosts"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| Path::new(p).is_file())
+        .collect()
+}
+
+/// The whole spec. `cgroups_path` is `/<namespace>/<id>` (containerd's
+/// convention, so `ctr` and the agent name cgroups alike).
+pub fn build(
+    p: &ProcessPlan,
+    hostname: &str,
+    cgroups_path: &str,
+    host_files: &[PathBuf],
+) -> Result<Spec, RuntimeError> {
+    let caps = default_capabilities();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(p.uid).gid(p.gid).build()?)
+        .args(p.args.clone())
+        .env(p.env.clone())
+        .cwd(p.cwd.clone())
+        .no_new_privileges(true)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()?,
+        )
+        .rlimits(vec![
+            oci_spec::runtime::PosixRlimitBuilder::default()
+                .typ(oci_spec::runtime::PosixRlimitType::RlimitNofile)
+                .hard(1024u64)
+                .soft(1024u64)
+                .build()?,
+        ])
+        .build()?;
+    // No network namespace: the container uses the host's network for
+    // now (port mappings and bridge networking come with CNI later).
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()?;
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(cgroups_path))
+        // Deny every device; runc adds the standard allowed ones
+        // (null, zero, full, tty, random, urandom, pts).
+        .resources(
+            LinuxResourcesBuilder::default()
+                .devices(vec![
+                    LinuxDeviceCgroupBuilder::default()
+                        .allow(false)
+                        .access("rwm")
+                        .build()?,
+                ])
+                .build()?,
+        )
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()?;
+    Ok(SpecBuilder::default()
+        .version("1.0.2-dev")
+        .process(process)
+        // `rootfs` relative to the bundle, where the shim mounts the
+        // snapshot; writable, like Docker's default.
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(false)
+                .build()?,
+        )
+        .hostname(hostname)
+        .mounts(mounts(host_files)?)
+        .linux(linux)
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:44:www:/var/www:/bin/false\n";
+    const GROUP: &str = "root:x:0:\nstaff:x:50:\n";
+
+    fn files(path: &str) -> Option<String> {
+        match path {
+            "/etc/passwd" => Some(PASSWD.into()),
+            "/etc/group" => Some(GROUP.into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn users_resolve_like_docker() {
+        assert_eq!(resolve_user("", &files).unwrap(), (0, 0));
+        assert_eq!(resolve_user("1000", &files).unwrap(), (1000, 0));
+        assert_eq!(resolve_user("33", &files).unwrap(), (33, 44));
+        assert_eq!(resolve_user("1000:7", &files).unwrap(), (1000, 7));
+        assert_eq!(resolve_user("www", &files).unwrap(), (33, 44));
+        assert_eq!(resolve_user("www:staff", &files).unwrap(), (33, 50));
+        assert!(resolve_user("nobody", &files).is_err());
+        assert!(resolve_user("www:wheel", &files).is_err());
+        // No passwd in the image: numbers still work.
+        assert_eq!(resolve_user("5:6", &|_| None).unwrap(), (5, 6));
+    }
+
+    #[test]
+    fn command_and_environment_merge() {
+        let image = ImageProcess {
+            entrypoint: vec!["/bin/app".into()],
+            cmd: vec!["--serve".into()],
+            env: vec!["A=1".into(), "B=2".into()],
+            working_dir: "/srv".into(),
+            user: "www".into(),
+        };
+        let p = plan(&image, &Overrides::default(), &files).unwrap();
+        assert_eq!(p.args, ["/bin/app", "--serve"]);
+        assert_eq!(p.env[0], format!("PATH={DEFAULT_PATH}"));
+        assert_eq!((p.uid, p.gid, p.cwd.as_str()), (33, 44, "/srv"));
+        let over = Overrides {
+            cmd: vec!["--check".into()],
+            env: vec!["B=3".into(), "C=4".into(), "PATH=/x".into()],
+            user: Some("0".into()),
+            hostname: None,
+        };
+        let p = plan(&image, &over, &files).unwrap();
+        assert_eq!(p.args, ["/bin/app", "--check"]);
+        assert_eq!(p.env, ["A=1", "B=3", "C=4", "PATH=/x"]);
+        assert_eq!((p.uid, p.gid), (0, 0));
+        let bad = Overrides {
+            env: vec!["NOEQUALS".into()],
+            ..Overrides::default()
+        };
+        assert!(plan(&image, &bad, &files).is_err());
+        assert!(plan(&ImageProcess::default(), &Overrides::default(), &files).is_err());
+    }
+
+    #[test]
+    fn spec_uses_host_network_and_writable_root() {
+        let p = plan(
+            &ImageProcess {
+                cmd: vec!["sh".into()],
+                ..ImageProcess::default()
+            },
+            &Overrides::default(),
+            &files,
+        )
+        .unwrap();
+        let spec = build(&p, "box", "/berth/web", &[PathBuf::from("/etc/hosts")]).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["root"]["readonly"], false);
+        assert_eq!(json["hostname"], "box");
+        assert_eq!(json["linux"]["cgroupsPath"], "/berth/web");
+        let ns: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(ns, ["pid", "ipc", "uts", "mount"]);
+        let dests: Vec<&str> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        for d in ["/proc", "/dev", "/sys", "/etc/hosts"] {
+            assert!(dests.contains(&d), "{d} not in {dests:?}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Shared set-up of the berth-agent tests (`agent_pull.rs`,
+//! `agent_faults.rs`): the agent's configuration file for an enrolled node,
+//! running the `berth-agent` binary, and reading what containerd holds.
+//!
+//! Each test file compiles this module on its own (next to `common_auth`,
+//! which it builds on) and uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use test_support::workspace_bin;
+use tests::Containerd;
+
+use crate::common_auth::{ACME_NS, AuthServer, Enrolled};
+
+/// What differs between the agent configurations of the tests.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `registry.url`; the server's own URL when unset (a fault-injecting
+    /// proxy in front of it otherwise).
+    pub registry_url: Option<String>,
+    /// `pull.min_free_bytes` (0 by default here: test machines' disks are
+    /// small and the agent's 256 MiB reserve is irrelevant to the tests).
+    pub min_free_bytes: u64,
+    pub bandwidth_limit_bytes_per_sec: Option<u64>,
+    /// `pull.max_attempts` (the agent's default when unset).
+    pub max_attempts: Option<u32>,
+}
+
+/// The agent's configuration file for `node` against `srv` and `ctrd`.
+pub fn agent_config(srv: &AuthServer, node: &Enrolled, ctrd: &Containerd, dir: &Path) -> PathBuf {
+    agent_config_with(srv, node, ctrd, dir, &AgentOptions::default())
+}
+
+/// [`agent_config`] with `opts`.
+pub fn agent_config_with(
+    srv: &AuthServer,
+    node: &Enrolled,
+    ctrd: &Containerd,
+    dir: &Path,
+    opts: &AgentOptions,
+) -> PathBuf {
+    let bandwidth = opts
+        .bandwidth_limit_bytes_per_sec
+        .map(|b| format!("bandwidth_limit_bytes_per_sec = {b}\n"))
+        .unwrap_or_default();
+    let attempts = opts
+        .max_attempts
+        .map(|n| format!("max_attempts = {n}\n"))
+        .unwrap_or_default();
+    let toml = format!(
+        r#"data_dir = "{data}"
+metrics_listen = "127.0.0.1:0"
+
+[registry]
+url = "{url}"
+namespace = "{ACME_NS}"
+
+[node]
+auth_url = "https://{node_addr}"
+cert_file = "{node_dir}/node.crt"
+key_file = "{node_dir}/node.key"
+ca_file = "{node_dir}/ca.crt"
+
+[containerd]
+socket = "{socket}"
+namespace = "{ns}"
+snapshotter = "overlayfs"
+root = "{root}"
+
+[pull]
+max_parallel_layers = 3
+backoff_base_ms = 50
+backoff_max_ms = 500
+min_free_bytes = {min_free}
+{bandwidth}{attempts}"#,
+        data = dir.join("agent-data").display(),
+        url = opts.registry_url.clone().unwrap_or_else(|| srv.url()),
+        node_addr = srv.node_addr,
+        node_dir = node.dir.display(),
+        socket = ctrd.socket().display(),
+        ns = ctrd.namespace(),
+        root = ctrd.root().display(),
+        min_free = opts.min_free_bytes,
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+pub fn agent(config: &Path, args: &[&str]) -> Output {
+    Command::new(workspace_bin("berth-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs the agent, which must succeed; its stdout.
+pub fn agent_ok(config: &Path, args: &[&str]) -> String {
+    let out = agent(config, args);
+    assert!(
+        out.status.success(),
+        "berth-agent {args:?} failed with {}:\nstderr: {}\nstdout: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs the agent, which must fail; its stderr.
+pub fn agent_fails(config: &Path, args: &[&str]) -> String {
+    let out = agent(config, args);
+    assert!(
+        !out.status.success(),
+        "berth-agent {args:?} should have failed; printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// The digest `ctr images ls` lists for `name`.
+pub fn listed_digest(ctrd: &Containerd, name: &str) -> Option<String> {
+    ctrd.images()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, d)| d)
+}
