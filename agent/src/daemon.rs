@@ -1,6 +1,7 @@
-//! `berth-agent daemon`: for now the skeleton every later part hangs on:
-//! the Prometheus endpoint on `metrics_listen` and a graceful shutdown on
-//! SIGTERM or Ctrl-C.
+//! `berth-agent daemon`: the Prometheus endpoint on `metrics_listen`, the
+//! supervisor of the defined containers (see `agent::supervisor`), and a
+//! graceful shutdown on SIGTERM or Ctrl-C that leaves the containers
+//! running.
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let up = Gauge::<i64>::default();
     registry.register("berth_agent_up", "1 while the agent runs", up.clone());
     up.set(1);
+    let metrics = agent::supervisor::Metrics::default();
+    metrics.register(&mut registry);
     let registry = Arc::new(registry);
     let app = Router::new()
         .route(
@@ -47,10 +50,25 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics endpoint {}", cfg.metrics_listen))?;
+    // One signal, two listeners: the HTTP server and the supervisor.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop_tx.send(true);
+    });
+    let supervisor = tokio::spawn(agent::supervisor::run(
+        cfg.clone(),
+        metrics,
+        stop_rx.clone(),
+    ));
     tracing::info!(addr = %listener.local_addr()?, "berth-agent daemon running");
+    let mut http_stop = stop_rx;
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
         .await?;
+    supervisor.await.context("the supervisor task")?;
     tracing::info!("berth-agent daemon stopped");
     Ok(())
 }

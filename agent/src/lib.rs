@@ -11,6 +11,8 @@
 //!   headers) and the pull's calls.
 //! - [`pull`]: a pull from reference to unpacked image record.
 //! - [`runtime`]: containers run from pulled images (containerd + runc).
+//! - [`supervisor`]: execution types (service, recurring, on-demand),
+//!   restart backoff and health checks, run by the daemon.
 //!
 //! **Invariant:** only this crate talks to containerd, and within it only
 //! [`containerd`] and the container calls of [`runtime::calls`] (methods of
@@ -24,6 +26,7 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod runtime;
+pub mod supervisor;
 
 pub use config::AgentConfig;
 pub use pull::{Progress, PullError, Pulled, Puller};

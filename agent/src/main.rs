@@ -1,6 +1,7 @@
 //! `berth-agent`: the node daemon and the local CLI for people on the box
-//! (`pull`, `images`, `rmi`, `run`, `ps`, `logs`, `stop`, `rm`, `validate`,
-//! `daemon`).
+//! (`pull`, `images`, `rmi`, `run`, `ps`, `logs`, `stop`, `rm`, `volumes`, `validate`,
+//! `daemon`, and `define`, `undefine`, `start` for the daemon's supervised
+//! containers).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,8 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use agent::config::{AgentConfig, DEFAULT_CONFIG_PATH, Overrides};
 use agent::containerd::Containerd;
+use agent::runtime::logcopy;
+use agent::runtime::settings::{self, CapName, LogLimits, Mounted, Settings};
 use agent::runtime::spec::Overrides as RunOverrides;
 use agent::runtime::{RunRequest, Runtime};
+use agent::supervisor::definition::{
+    BackoffSettings, Definition, DefinitionStore, ExecType, HealthCheck, RunOptions, parse_duration,
+};
 use agent::{Progress, Puller};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -85,11 +91,31 @@ enum Command {
         /// /etc/group (default: the image's user).
         #[arg(long, short = 'u')]
         user: Option<String>,
+        // Boxed: the flags make the variant much larger than the others.
+        #[command(flatten)]
+        settings: Box<SettingsArgs>,
         #[arg(long)]
         json: bool,
         /// Replaces the image's command (its entrypoint stays): `-- CMD ARGS…`.
         #[arg(last = true, value_name = "CMD")]
         cmd: Vec<String>,
+    },
+    /// (Internal) the rotating log copier `run --log-max-size` starts for
+    /// each container: reads the container's output from FIFO into LOG.
+    #[command(name = "log-copier", hide = true)]
+    LogCopier {
+        fifo: PathBuf,
+        log: PathBuf,
+        #[arg(long)]
+        max_size: u64,
+        #[arg(long)]
+        max_files: u32,
+    },
+    /// List the named volumes (`<data_dir>/volumes/NAME`) and the
+    /// containers using them.
+    Volumes {
+        #[arg(long)]
+        json: bool,
     },
     /// List the containers with their state and exit status.
     Ps {
@@ -115,8 +141,102 @@ enum Command {
         #[arg(long, short = 'f')]
         force: bool,
     },
-    /// Run as the node daemon: metrics endpoint, graceful shutdown.
+    /// Run as the node daemon: supervises the defined containers, serves
+    /// metrics, shuts down gracefully (leaving containers running).
     Daemon,
+    /// Define a container for the daemon to run: a `service` (restarted
+    /// when it exits, with backoff), `recurring` (at each tick of a cron
+    /// schedule; a tick is skipped while the previous run runs) or
+    /// `on-demand` (run by `start`). Redefining a name replaces it.
+    Define(Box<DefineArgs>),
+    /// Remove a definition: the daemon stops supervising it, and the
+    /// container is stopped and removed.
+    Undefine { name: String },
+    /// Ask the daemon to run an on-demand container once.
+    Start { name: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct DefineArgs {
+    /// The container's name (containerd's id).
+    name: String,
+    /// The image, as for `pull`.
+    image: String,
+    /// `service`, `recurring` or `on-demand`.
+    #[arg(long = "type", value_name = "TYPE")]
+    exec_type: ExecType,
+    /// Cron schedule of a recurring container: 5 fields ("*/5 * * * *"),
+    /// or 6 with seconds first.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Health check run inside the container with `/bin/sh -c`; exit 0 is
+    /// healthy. After --health-retries failures in a row it is restarted.
+    #[arg(long, value_name = "SHELL")]
+    health_cmd: Option<String>,
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    health_interval: std::time::Duration,
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    health_timeout: std::time::Duration,
+    #[arg(long, default_value_t = 3)]
+    health_retries: u32,
+    /// No probe during this long after each start.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    health_start_period: std::time::Duration,
+    /// First restart delay of a service; doubled at each exit.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    backoff_initial: std::time::Duration,
+    /// The cap of the restart delay.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    backoff_max: std::time::Duration,
+    /// A run this long resets the delay to --backoff-initial.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    backoff_reset: std::time::Duration,
+    /// `KEY=VALUE`, over the image's variable of the same name; repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Hostname inside the container (default: its name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL when it is stopped (default 30).
+    #[arg(long, value_name = "SECS")]
+    stop_timeout: Option<u64>,
+    /// `uid[:gid]` or `name[:group]` (default: the image's user).
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// Replaces the image's command (its entrypoint stays): `-- CMD ARGS…`.
+    #[arg(last = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+impl DefineArgs {
+    fn definition(self) -> Definition {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Definition {
+            name: self.name,
+            image: self.image,
+            exec_type: self.exec_type,
+            schedule: self.schedule,
+            run: RunOptions {
+                cmd: self.cmd,
+                env: self.env,
+                hostname: self.hostname,
+                user: self.user,
+                stop_timeout_secs: self.stop_timeout,
+            },
+            backoff: BackoffSettings {
+                initial_ms: ms(self.backoff_initial),
+                max_ms: ms(self.backoff_max),
+                reset_after_secs: self.backoff_reset.as_secs(),
+            },
+            health: self.health_cmd.map(|c| HealthCheck {
+                cmd: vec!["/bin/sh".into(), "-c".into(), c],
+                interval_ms: ms(self.health_interval),
+                timeout_ms: ms(self.health_timeout),
+                retries: self.health_retries,
+                start_period_ms: ms(self.health_start_period),
+            }),
+        }
+    }
 }
 
 impl Cli {
@@ -159,6 +279,22 @@ async fn main() -> anyhow::Result<()> {
         init_tracing(None);
         return validate(&path, required, &cli.overrides(), *json);
     }
+    if let Command::LogCopier {
+        fifo,
+        log,
+        max_size,
+        max_files,
+    } = &cli.command
+    {
+        // No configuration, no tracing: it only copies bytes, and must
+        // not fail because the configuration changed while it runs.
+        let limits = LogLimits {
+            max_size: Some(*max_size),
+            max_files: *max_files,
+        };
+        return logcopy::run_copier(fifo, log, limits)
+            .with_context(|| format!("copying {} into {}", fifo.display(), log.display()));
+    }
     let cfg = AgentConfig::load(&path, required, &cli.overrides())
         .with_context(|| format!("configuration {}", path.display()))?;
     init_tracing(Some(&cfg));
@@ -174,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
             hostname,
             stop_timeout,
             user,
+            settings,
             json,
             cmd,
         } => {
@@ -185,12 +322,15 @@ async fn main() -> anyhow::Result<()> {
                     env,
                     hostname,
                     user,
+                    settings: settings.settings()?,
                 },
                 stop_timeout: stop_timeout.map(std::time::Duration::from_secs),
             };
             run(&cfg, &req, json).await
         }
         Command::Ps { json } => ps(&cfg, json).await,
+        Command::Volumes { json } => volumes(&cfg, json).await,
+        Command::LogCopier { .. } => Ok(()),
         Command::Logs { name } => logs(&cfg, &name).await,
         Command::Stop {
             name,
@@ -203,6 +343,31 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Daemon => daemon::run(cfg).await,
+        Command::Define(args) => {
+            let def = args.definition();
+            DefinitionStore::new(&cfg.data_dir).save(&def)?;
+            println!(
+                "{} defined ({}); the daemon picks it up within a second",
+                def.name,
+                def.exec_type.as_str()
+            );
+            Ok(())
+        }
+        Command::Undefine { name } => undefine(&cfg, &name).await,
+        Command::Start { name } => {
+            let store = DefinitionStore::new(&cfg.data_dir);
+            match store.load(&name)? {
+                Some(d) if d.exec_type == ExecType::OnDemand => {}
+                Some(d) => anyhow::bail!(
+                    "{name} is a {} container: only on-demand ones are started by hand",
+                    d.exec_type.as_str()
+                ),
+                None => anyhow::bail!("no definition {name}"),
+            }
+            store.request_start(&name)?;
+            println!("start of {name} requested");
+            Ok(())
+        }
     }
 }
 
@@ -355,32 +520,125 @@ async fn run(cfg: &AgentConfig, req: &RunRequest, json: bool) -> anyhow::Result<
 
 async fn ps(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
     let list = Runtime::new(cfg).await?.ps().await?;
+    // The supervisor's view: execution type and counts from the status
+    // the daemon writes; defined containers that do not exist (yet) are
+    // listed too.
+    let (defs, _) = DefinitionStore::new(&cfg.data_dir).list()?;
+    let status = agent::supervisor::read_status(&cfg.data_dir);
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for c in &list {
+        rows.push(serde_json::to_value(c)?);
+    }
+    for name in defs.keys() {
+        if !list.iter().any(|c| &c.name == name) {
+            rows.push(
+                serde_json::json!({"name": name, "image": defs[name].image, "state": "defined",
+                "pid": null, "exit_status": null}),
+            );
+        }
+    }
+    for row in &mut rows {
+        let name = row["name"].as_str().unwrap_or_default().to_owned();
+        let (exec_type, st) = match defs.get(&name) {
+            Some(d) => (Some(d.exec_type.as_str()), status.get(&name).cloned()),
+            None => (None, None),
+        };
+        let st = st.unwrap_or_default();
+        row["type"] = serde_json::json!(exec_type);
+        row["restarts"] = serde_json::json!(st.restarts);
+        row["runs"] = serde_json::json!(st.runs);
+        row["backoff_ms"] = serde_json::json!(st.backoff_ms);
+        row["health_failures"] = serde_json::json!(st.health_failures);
+        row["skipped_ticks"] = serde_json::json!(st.skipped_ticks);
+        row["next_run"] = serde_json::json!(st.next_run);
+    }
+    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     if json {
-        println!("{}", serde_json::to_string(&list)?);
+        println!("{}", serde_json::to_string(&rows)?);
     } else {
         println!(
-            "{:<24} {:<10} {:<8} {:<6} IMAGE",
-            "NAME", "STATE", "PID", "EXIT"
+            "{:<24} {:<10} {:<8} {:<6} {:<10} {:<8} IMAGE",
+            "NAME", "STATE", "PID", "EXIT", "TYPE", "RESTARTS"
         );
-        for c in list {
-            let opt = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let cell = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_owned(),
+            serde_json::Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        for r in rows {
             println!(
-                "{:<24} {:<10} {:<8} {:<6} {}",
-                c.name,
-                c.state,
-                opt(c.pid),
-                opt(c.exit_status),
-                c.image
+                "{:<24} {:<10} {:<8} {:<6} {:<10} {:<8} {}",
+                cell(&r["name"]),
+                cell(&r["state"]),
+                cell(&r["pid"]),
+                cell(&r["exit_status"]),
+                cell(&r["type"]),
+                if r["type"].is_null() {
+                    "-".to_owned()
+                } else {
+                    cell(&r["restarts"])
+                },
+                cell(&r["image"])
             );
         }
     }
     Ok(())
 }
 
+/// The definition goes first, so nothing restarts the container. A
+/// running daemon then stops and removes it (and drops it from its status
+/// file, which is how the CLI sees it is done): the daemon is the one that
+/// may be starting it at that moment. Whatever is left after that, or with
+/// no daemon at all, is stopped and removed here.
+async fn undefine(cfg: &AgentConfig, name: &str) -> anyhow::Result<()> {
+    let store = DefinitionStore::new(&cfg.data_dir);
+    let def = store.load(name)?;
+    let defined = store.remove(name)?;
+    if defined {
+        let stop = def.and_then(|d| d.run.stop_timeout_secs).map_or(
+            agent::runtime::DEFAULT_STOP_TIMEOUT,
+            std::time::Duration::from_secs,
+        );
+        let deadline = std::time::Instant::now() + stop + std::time::Duration::from_secs(5);
+        while agent::supervisor::read_status(&cfg.data_dir).contains_key(name)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let runtime = Runtime::new(cfg).await?;
+    let existed = match runtime.stop(name, None).await {
+        Ok(_) => {
+            runtime.rm(name, true).await?;
+            true
+        }
+        Err(agent::runtime::RuntimeError::NoContainer(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !defined && !existed {
+        anyhow::bail!("no definition or container {name}");
+    }
+    println!("{name} undefined, stopped and removed");
+    Ok(())
+}
+
 async fn logs(cfg: &AgentConfig, name: &str) -> anyhow::Result<()> {
     let path = Runtime::new(cfg).await?.logs(name).await?;
-    let mut file = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
-    std::io::copy(&mut file, &mut std::io::stdout().lock())?;
+    // Rotated files first (oldest to newest), then the current one.
+    let mut files = logcopy::files_oldest_first(&path);
+    if files.is_empty() {
+        files.push(path);
+    }
+    let mut out = std::io::stdout().lock();
+    for p in files {
+        let mut file = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            // Rotated away between the listing and the open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("{}", p.display())),
+        };
+        std::io::copy(&mut file, &mut out)?;
+    }
     Ok(())
 }
 
@@ -406,6 +664,107 @@ async fn stop(
             }
             Some(s) => println!("{name} stopped (exit status {s})"),
             None => println!("{name} was not running"),
+        }
+    }
+    Ok(())
+}
+
+/// The per-container settings of `run` beyond the process (flattened into
+/// its flags), turned into the runtime's validated [`Settings`].
+#[derive(clap::Args, Debug, Default)]
+struct SettingsArgs {
+    /// Every capability, every host device, nothing masked in /proc,
+    /// writable /sys. Only for containers that manage the box itself.
+    #[arg(long)]
+    privileged: bool,
+    /// A capability to add (`NET_ADMIN`, `CAP_SYS_TIME`, `ALL`); repeatable.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// A capability to drop (`CHOWN`, `ALL`); repeatable.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// `type=bind,source=/host,target=/ctr[,readonly]` (the source must
+    /// exist) or `type=volume,source=NAME,target=/ctr`; repeatable.
+    #[arg(long = "mount", value_name = "SPEC")]
+    mounts: Vec<String>,
+    /// `NAME:/target[:ro]`: a named volume (`<data_dir>/volumes/NAME`,
+    /// created on first use, kept after `rm`); repeatable.
+    #[arg(long = "volume", short = 'v', value_name = "NAME:/TARGET[:ro]")]
+    volumes: Vec<String>,
+    /// Memory limit: bytes, or with a unit (`512m`, `1g`).
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<String>,
+    /// CPU limit in CPUs (`0.5`, `2`): a CFS quota per 100 ms period.
+    #[arg(long, value_name = "CPUS")]
+    cpus: Option<String>,
+    /// Size limit of each log file (`10m`); the log rotates past it.
+    /// Without it the log grows unbounded.
+    #[arg(long, value_name = "SIZE")]
+    log_max_size: Option<String>,
+    /// Log files kept, the current one included (default 1: the log is
+    /// emptied when full). Needs --log-max-size.
+    #[arg(long, value_name = "N")]
+    log_max_files: Option<u32>,
+}
+
+impl SettingsArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let parse_caps = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| CapName::parse(n))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut settings = Settings {
+            privileged: self.privileged,
+            cap_add: parse_caps(&self.cap_add)?,
+            cap_drop: parse_caps(&self.cap_drop)?,
+            memory_bytes: self
+                .memory
+                .as_deref()
+                .map(settings::parse_memory)
+                .transpose()?,
+            cpu_quota_us: self.cpus.as_deref().map(settings::parse_cpus).transpose()?,
+            ..Settings::default()
+        };
+        for m in &self.mounts {
+            match settings::parse_mount(m)? {
+                Mounted::Bind(b) => settings.mounts.push(b),
+                Mounted::Volume(v) => settings.volumes.push(v),
+            }
+        }
+        for v in &self.volumes {
+            settings.volumes.push(settings::parse_volume(v)?);
+        }
+        if let Some(size) = &self.log_max_size {
+            settings.log.max_size = Some(
+                settings::parse_bytes(size).map_err(|e| anyhow::anyhow!("--log-max-size {e}"))?,
+            );
+        }
+        if let Some(files) = self.log_max_files {
+            if settings.log.max_size.is_none() {
+                anyhow::bail!("--log-max-files needs --log-max-size");
+            }
+            settings.log.max_files = files;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+async fn volumes(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
+    let list = Runtime::new(cfg).await?.volumes().await?;
+    if json {
+        println!("{}", serde_json::to_string(&list)?);
+    } else {
+        println!("{:<24} {:<30} PATH", "NAME", "USED BY");
+        for v in list {
+            let used = if v.used_by.is_empty() {
+                "-".to_owned()
+            } else {
+                v.used_by.join(",")
+            };
+            println!("{:<24} {:<30} {}", v.name, used, v.path.display());
         }
     }
     Ok(())

@@ -14,14 +14,23 @@
 //! while no agent runs: `berth-agent run` is a CLI that exits after the
 //! start. FIFOs (containerd's default, what `ctr run` uses) need a reader
 //! for the container's whole life; with nobody reading them the container
-//! blocks once the pipe buffer is full. Log size limits are not in this
-//! slice.
+//! blocks once the pipe buffer is full. With `--log-max-size` the output
+//! goes to a FIFO instead, drained by a rotating copier process that
+//! outlives the CLI (see [`logcopy`] for why the shim's file cannot be
+//! rotated).
+//!
+//! **Settings.** Privileged mode, capabilities, bind mounts, named volumes
+//! (`<data_dir>/volumes/<name>`, created on first use, never removed by
+//! `rm`), memory and CPU limits are parsed and validated in [`settings`]
+//! and become OCI spec fields in [`spec`].
 //!
 //! **Network.** Containers share the host's network namespace for now (no
 //! CNI yet, so no port mappings); they get the host's `/etc/resolv.conf`
 //! and `/etc/hosts` read-only.
 
 pub mod calls;
+pub mod logcopy;
+pub mod settings;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -55,6 +64,9 @@ pub const REFERENCE_LABEL: &str = "io.berth.agent/reference";
 pub const STOP_TIMEOUT_LABEL: &str = "io.berth.agent/stop-timeout";
 /// The stop timeout when `run` was given none (the product's default).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Label with the named volumes a container uses, comma-separated, so
+/// `volumes` can say which containers use a volume without parsing specs.
+pub const VOLUMES_LABEL: &str = "io.berth.agent/volumes";
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +130,15 @@ pub struct Started {
     pub pulled: bool,
 }
 
+/// A named volume as `volumes` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub path: PathBuf,
+    /// The containers (running or not) that mount it.
+    pub used_by: Vec<String>,
+}
+
 /// A container as `ps` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ContainerInfo {
@@ -163,6 +184,12 @@ impl Runtime {
         })
     }
 
+    /// The containerd client, for the supervisor's own calls (health
+    /// checks, task states), which are methods in [`calls`] too.
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
     /// Where a container's output goes.
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.cfg
@@ -176,6 +203,8 @@ impl Runtime {
     /// image first when containerd does not have it.
     pub async fn run(&self, req: &RunRequest) -> Result<Started> {
         validate_name(&req.name)?;
+        req.overrides.settings.validate()?;
+        check_bind_sources(&req.overrides.settings)?;
         let image = ImageRef::resolve(
             &req.image,
             &self.cfg.registry_host(),
@@ -218,7 +247,10 @@ impl Runtime {
         // `create` cleans up after itself: a failure there may be another
         // `run` of the same name winning the race, whose objects must stay.
         let rootfs = created?;
-        match self.start(&req.name, rootfs).await {
+        match self
+            .start(&req.name, rootfs, &req.overrides.settings.log)
+            .await
+        {
             Ok((pid, log)) => Ok(Started {
                 name: req.name.clone(),
                 image: image_name,
@@ -288,10 +320,26 @@ impl Runtime {
         let plan = spec::plan(image_process, &req.overrides, &lookup)?;
         let hostname = req.overrides.hostname.as_deref().unwrap_or(&req.name);
         let cgroups = format!("/{}/{}", self.containerd.namespace(), req.name);
-        let oci = spec::build(&plan, hostname, &cgroups, &spec::host_network_files())?;
+        let host = spec::HostFacts {
+            volumes_dir: self.prepare_volumes(&req.overrides.settings)?,
+            devices: if req.overrides.settings.privileged {
+                settings::host_devices(Path::new("/dev"))
+            } else {
+                Vec::new()
+            },
+            capabilities: settings::current_bounding_set(),
+        };
+        let oci = spec::build_with(
+            &plan,
+            hostname,
+            &cgroups,
+            &spec::host_network_files(),
+            &req.overrides.settings,
+            &host,
+        )?;
         let spec_json = serde_json::to_vec(&oci)
             .map_err(|e| RuntimeError::Invalid(format!("serialising the spec: {e}")))?;
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (MANAGED_LABEL.to_owned(), "true".to_owned()),
             (REFERENCE_LABEL.to_owned(), req.image.clone()),
             (
@@ -302,6 +350,10 @@ impl Runtime {
                     .to_string(),
             ),
         ]);
+        let volumes = req.overrides.settings.volume_names();
+        if !volumes.is_empty() {
+            labels.insert(VOLUMES_LABEL.to_owned(), volumes.join(","));
+        }
         self.containerd
             .create_container(
                 lease,
@@ -321,8 +373,71 @@ impl Runtime {
         Ok(())
     }
 
-    /// Task create (runc create) and start, output into the log file.
-    async fn start(&self, name: &str, rootfs: Vec<Mount>) -> Result<(u32, PathBuf)> {
+    /// `<data_dir>/volumes`, with a directory for each volume `settings`
+    /// uses, created on first use and never removed by `rm` (that is
+    /// what makes it a volume).
+    fn prepare_volumes(&self, settings: &settings::Settings) -> Result<PathBuf> {
+        let dir = self.volumes_dir();
+        for v in &settings.volumes {
+            let path = dir.join(&v.name);
+            std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        if settings.volumes.is_empty() {
+            return Ok(dir);
+        }
+        // The shim resolves mount sources on its own: they must be absolute.
+        std::fs::canonicalize(&dir).map_err(io_err(&dir))
+    }
+
+    fn volumes_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("volumes")
+    }
+
+    /// The named volumes on this node and the containers using them.
+    pub async fn volumes(&self) -> Result<Vec<VolumeInfo>> {
+        let dir = self.volumes_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut users: HashMap<String, Vec<String>> = HashMap::new();
+        for c in self.containerd.list_containers().await? {
+            if let Some(list) = c.labels.get(VOLUMES_LABEL) {
+                for v in list.split(',').filter(|v| !v.is_empty()) {
+                    users.entry(v.to_owned()).or_default().push(c.id.clone());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(io_err(&dir))?;
+            let is_dir = e.file_type().map_err(io_err(&e.path()))?.is_dir();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !is_dir || settings::validate_volume_name(&name).is_err() {
+                continue;
+            }
+            let mut used_by = users.remove(&name).unwrap_or_default();
+            used_by.sort();
+            out.push(VolumeInfo {
+                name,
+                path: e.path(),
+                used_by,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Task create (runc create) and start, output into the log file:
+    /// written by the shim itself without a size limit, by a rotating
+    /// copier reading a FIFO with one (see [`logcopy`] for why).
+    async fn start(
+        &self,
+        name: &str,
+        rootfs: Vec<Mount>,
+        limits: &settings::LogLimits,
+    ) -> Result<(u32, PathBuf)> {
         let log = self.log_path(name);
         let dir = log.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -331,9 +446,35 @@ impl Runtime {
         let dir = std::fs::canonicalize(dir).map_err(io_err(dir))?;
         let log = dir.join("output.log");
         // A new run starts a new log (the shim appends).
+        logcopy::remove_all(&log).map_err(io_err(&log))?;
         std::fs::File::create(&log).map_err(io_err(&log))?;
-        let uri = format!("file://{}", log.display());
-        self.containerd.create_task(name, rootfs, &uri).await?;
+        if limits.max_size.is_none() {
+            let uri = format!("file://{}", log.display());
+            self.containerd.create_task(name, rootfs, &uri).await?;
+        } else {
+            let fifo = dir.join("output.fifo");
+            match std::fs::remove_file(&fifo) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&fifo)(e)),
+            }
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| io_err(&fifo)(e.into()))?;
+            let mut copier = spawn_copier(&dir, &fifo, &log, limits)?;
+            // A path without a scheme is a FIFO to the shim.
+            let path = fifo.display().to_string();
+            if let Err(e) = self.containerd.create_task(name, rootfs, &path).await {
+                // No shim will open the FIFO: the copier would wait forever.
+                let _ = copier.kill();
+                let _ = copier.wait();
+                return Err(e.into());
+            }
+            // Reaped by a thread so the daemon collects no zombies; the
+            // CLI exits first and leaves the copier to init.
+            std::thread::spawn(move || {
+                let _ = copier.wait();
+            });
+        }
         let pid = self.containerd.start_task(name).await?;
         Ok((pid, log))
     }
@@ -578,6 +719,53 @@ impl Runtime {
             Err(e) => Err(io_err(&dir)(e)),
         }
     }
+}
+
+/// Starts `berth-agent log-copier` (this same executable) on `fifo`,
+/// its errors into `<dir>/log-copier.err`.
+fn spawn_copier(
+    dir: &Path,
+    fifo: &Path,
+    log: &Path,
+    limits: &settings::LogLimits,
+) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+    let err_path = dir.join("log-copier.err");
+    let err = std::fs::File::create(&err_path).map_err(io_err(&err_path))?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg(logcopy::COPIER_SUBCOMMAND)
+        .arg(fifo)
+        .arg(log)
+        .arg("--max-size")
+        .arg(limits.max_size.unwrap_or(u64::MAX).to_string())
+        .arg("--max-files")
+        .arg(limits.max_files.to_string())
+        .env_remove("BERTH_AGENT_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        // Its own process group: a Ctrl-C meant for `run` must not end
+        // the container's logging.
+        .process_group(0);
+    cmd.spawn().map_err(io_err(&exe))
+}
+
+/// Every bind source must exist on the host: runc would otherwise fail
+/// at start with an error naming neither the flag nor the path, or
+/// (Docker's old behaviour) create an empty directory where a file was
+/// meant.
+fn check_bind_sources(settings: &settings::Settings) -> Result<()> {
+    for m in &settings.mounts {
+        if let Err(e) = std::fs::metadata(&m.source) {
+            return Err(RuntimeError::Invalid(format!(
+                "--mount source {} (for {}): {e}",
+                m.source.display(),
+                m.target
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// containerd's identifier rule (letters and digits, single `.`, `_` or

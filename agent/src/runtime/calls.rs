@@ -18,8 +18,9 @@ use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveS
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-    DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
-    ListContainersRequest, ListTasksRequest, ReadContentRequest, StartRequest, WaitRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest,
+    GetImageRequest, GetRequest, KillRequest, ListContainersRequest, ListTasksRequest,
+    ReadContentRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::Code;
 use containerd_client::types::Mount;
@@ -32,6 +33,8 @@ type Result<T> = std::result::Result<T, ContainerdError>;
 /// containerd's type URL for an OCI runtime spec carried in an `Any`
 /// (what `ctr` and the Go client send; the runc shim decodes it as JSON).
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// The same for an OCI process spec (Tasks.Exec), as `ctr tasks exec` sends.
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// The runc shim v2, the only runtime that works on these boxes (crun does
 /// not under cgroup v1 hybrid).
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
@@ -325,5 +328,89 @@ impl Containerd {
             Err(s) if s.code() == Code::NotFound => Ok(false),
             Err(s) => Err(ContainerdError::call("task delete")(s)),
         }
+    }
+
+    /// Adds process `exec_id` to the running task of `id` (`process_json`:
+    /// an OCI process spec) with its output discarded, and starts it. The
+    /// health checks of the supervisor use it.
+    pub async fn exec_start(&self, id: &str, exec_id: &str, process_json: Vec<u8>) -> Result<()> {
+        TasksClient::new(self.channel())
+            .exec(self.request(
+                ExecProcessRequest {
+                    container_id: id.to_owned(),
+                    // Empty stdio: the shim gives the process /dev/null,
+                    // so nobody has to drain a pipe.
+                    stdin: String::new(),
+                    stdout: String::new(),
+                    stderr: String::new(),
+                    terminal: false,
+                    spec: Some(prost_types::Any {
+                        type_url: PROCESS_TYPE_URL.to_owned(),
+                        value: process_json,
+                    }),
+                    exec_id: exec_id.to_owned(),
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("task exec"))?;
+        TasksClient::new(self.channel())
+            .start(self.request(
+                StartRequest {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("exec start"))?;
+        Ok(())
+    }
+
+    /// Waits until exec process `exec_id` of `id` exits; its exit status.
+    pub async fn exec_wait(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let r = TasksClient::new(self.channel())
+            .wait(self.request(
+                WaitRequest {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("exec wait"))?;
+        Ok(r.into_inner().exit_status)
+    }
+
+    /// SIGKILLs exec process `exec_id` (a probe past its timeout) and
+    /// deletes it; best effort, errors ignored: the process may be gone.
+    pub async fn exec_remove(&self, id: &str, exec_id: &str, kill: bool) {
+        if kill {
+            let _ = TasksClient::new(self.channel())
+                .kill(self.request(
+                    KillRequest {
+                        container_id: id.to_owned(),
+                        exec_id: exec_id.to_owned(),
+                        signal: 9,
+                        all: false,
+                    },
+                    None,
+                ))
+                .await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                self.exec_wait(id, exec_id),
+            )
+            .await;
+        }
+        let _ = TasksClient::new(self.channel())
+            .delete_process(self.request(
+                DeleteProcessRequest {
+                    container_id: id.to_owned(),
+                    exec_id: exec_id.to_owned(),
+                },
+                None,
+            ))
+            .await;
     }
 }

@@ -11,13 +11,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceCgroupBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_maskedpaths,
-    get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder, get_default_maskedpaths, get_default_readonly_paths,
 };
 
 use super::RuntimeError;
+use super::settings::Settings;
 
 /// PATH when the image sets none (Docker's and containerd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -58,6 +59,9 @@ pub struct Overrides {
     pub env: Vec<String>,
     pub hostname: Option<String>,
     pub user: Option<String>,
+    /// Privileged mode, capabilities, mounts and volumes, limits, log
+    /// size limits.
+    pub settings: Settings,
 }
 
 /// The process as it will run, user resolved to ids.
@@ -238,7 +242,14 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 /// /dev/mqueue, /sys read-only, /run), plus the host's resolv.conf and
 /// hosts read-only, because the container shares the host's network
 /// (what `ctr run --net-host` does) and would otherwise resolve nothing.
-fn mounts(host_files: &[PathBuf]) -> Result<Vec<Mount>, RuntimeError> {
+fn mounts(host_files: &[PathBuf], privileged: bool) -> Result<Vec<Mount>, RuntimeError> {
+    // A privileged container may write /sys (what Docker and containerd's
+    // `WithPrivileged` give), e.g. to load firmware or toggle GPIOs.
+    let sys: &[&str] = if privileged {
+        &["nosuid", "noexec", "nodev", "rw"]
+    } else {
+        &["nosuid", "noexec", "nodev", "ro"]
+    };
     let mut m = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
@@ -272,12 +283,7 @@ fn mounts(host_files: &[PathBuf]) -> Result<Vec<Mount>, RuntimeError> {
             "mqueue",
             &["nosuid", "noexec", "nodev"],
         )?,
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        )?,
+        mount("/sys", "sysfs", "sysfs", sys)?,
         mount(
             "/run",
             "tmpfs",
@@ -301,27 +307,76 @@ pub fn host_network_files() -> Vec<PathBuf> {
         .collect()
 }
 
-/// The whole spec. `cgroups_path` is `/<namespace>/<id>` (containerd's
-/// convention, so `ctr` and the agent name cgroups alike).
+/// What the spec needs to know about the host for the settings, read by
+/// the runtime (the spec itself stays pure).
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    /// `<data_dir>/volumes`: a named volume is the directory of its name.
+    pub volumes_dir: PathBuf,
+    /// The host's devices, given to a privileged container.
+    pub devices: Vec<LinuxDevice>,
+    /// Every capability the host can grant (the agent's bounding set),
+    /// for privileged containers and `--cap-add ALL`; `None`: every
+    /// capability oci-spec knows.
+    pub capabilities: Option<HashSet<Capability>>,
+}
+
+/// The whole spec of an ordinary container (no extra settings).
+/// `cgroups_path` is `/<namespace>/<id>` (containerd's convention, so
+/// `ctr` and the agent name cgroups alike).
 pub fn build(
     p: &ProcessPlan,
     hostname: &str,
     cgroups_path: &str,
     host_files: &[PathBuf],
 ) -> Result<Spec, RuntimeError> {
-    let caps = default_capabilities();
+    build_with(
+        p,
+        hostname,
+        cgroups_path,
+        host_files,
+        &Settings::default(),
+        &HostFacts::default(),
+    )
+}
+
+/// The whole spec with the container's [`Settings`]: capabilities,
+/// privileged mode, bind mounts and volumes, cgroup limits.
+pub fn build_with(
+    p: &ProcessPlan,
+    hostname: &str,
+    cgroups_path: &str,
+    host_files: &[PathBuf],
+    settings: &Settings,
+    host: &HostFacts,
+) -> Result<Spec, RuntimeError> {
+    settings.validate()?;
+    let all = host
+        .capabilities
+        .clone()
+        .unwrap_or_else(super::settings::all_capabilities);
+    let caps = settings.capabilities(&default_capabilities(), &all);
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(p.uid).gid(p.gid).build()?)
         .args(p.args.clone())
         .env(p.env.clone())
         .cwd(p.cwd.clone())
-        .no_new_privileges(true)
+        // Privileged processes may gain privileges through setuid
+        // binaries, as under Docker; everything else may not.
+        .no_new_privileges(!settings.privileged)
         .capabilities(
+            // Inheritable and ambient explicitly empty, as containerd
+            // sets them: left unset, oci-spec's builder fills in its own
+            // default set, and an inheritable capability outside the
+            // bounding set makes runc's capset fail with EPERM (so
+            // `--cap-drop ALL` could not start).
             LinuxCapabilitiesBuilder::default()
                 .bounding(caps.clone())
                 .effective(caps.clone())
                 .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()?,
         )
         .rlimits(vec![
@@ -343,24 +398,73 @@ pub fn build(
     .into_iter()
     .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
     .collect::<Result<Vec<_>, _>>()?;
-    let linux = LinuxBuilder::default()
+    // Ordinary containers: deny every device (runc adds the standard
+    // allowed ones: null, zero, full, tty, random, urandom, pts).
+    // Privileged ones: allow every device, and create the host's nodes.
+    let device_rule = LinuxDeviceCgroupBuilder::default()
+        .allow(settings.privileged)
+        .access("rwm")
+        .build()?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![device_rule]);
+    if let Some(limit) = settings.memory_bytes {
+        let limit = i64::try_from(limit)
+            .map_err(|_| RuntimeError::Invalid(format!("memory limit {limit} too large")))?;
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build()?);
+    }
+    if let Some(quota) = settings.cpu_quota_us {
+        let quota = i64::try_from(quota)
+            .map_err(|_| RuntimeError::Invalid(format!("cpu quota {quota} too large")))?;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(super::settings::CPU_PERIOD_US)
+                .build()?,
+        );
+    }
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(cgroups_path))
-        // Deny every device; runc adds the standard allowed ones
-        // (null, zero, full, tty, random, urandom, pts).
-        .resources(
-            LinuxResourcesBuilder::default()
-                .devices(vec![
-                    LinuxDeviceCgroupBuilder::default()
-                        .allow(false)
-                        .access("rwm")
-                        .build()?,
-                ])
-                .build()?,
-        )
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
-        .build()?;
+        .resources(resources.build()?);
+    if settings.privileged {
+        // Nothing masked or read-only in /proc, the host's devices
+        // present; no seccomp or AppArmor profile is set in any case
+        // (containerd's default spec sets none either; Docker's does).
+        linux = linux
+            .masked_paths(Vec::new())
+            .readonly_paths(Vec::new())
+            .devices(host.devices.clone());
+    } else {
+        linux = linux
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths());
+    }
+    let mut all_mounts = mounts(host_files, settings.privileged)?;
+    let user_mounts = settings
+        .mounts
+        .iter()
+        .map(|b| (b.source.clone(), b.target.as_str(), b.readonly))
+        .chain(settings.volumes.iter().map(|v| {
+            (
+                host.volumes_dir.join(&v.name),
+                v.target.as_str(),
+                v.readonly,
+            )
+        }))
+        .collect::<Vec<_>>();
+    for (source, target, readonly) in user_mounts {
+        // A user's mount replaces a default one on the same path (e.g. an
+        // own /etc/hosts).
+        all_mounts.retain(|m| m.destination() != Path::new(target));
+        // rprivate: mounts made later on the host do not propagate into
+        // the container (Docker's default).
+        let rw = if readonly { "ro" } else { "rw" };
+        all_mounts.push(mount(
+            target,
+            "bind",
+            &source.display().to_string(),
+            &["rbind", "rprivate", rw],
+        )?);
+    }
     Ok(SpecBuilder::default()
         .version("1.0.2-dev")
         .process(process)
@@ -373,8 +477,8 @@ pub fn build(
                 .build()?,
         )
         .hostname(hostname)
-        .mounts(mounts(host_files)?)
-        .linux(linux)
+        .mounts(all_mounts)
+        .linux(linux.build()?)
         .build()?)
 }
 
@@ -425,7 +529,7 @@ mod tests {
             cmd: vec!["--check".into()],
             env: vec!["B=3".into(), "C=4".into(), "PATH=/x".into()],
             user: Some("0".into()),
-            hostname: None,
+            ..Overrides::default()
         };
         let p = plan(&image, &over, &files).unwrap();
         assert_eq!(p.args, ["/bin/app", "--check"]);
@@ -471,5 +575,190 @@ mod tests {
         for d in ["/proc", "/dev", "/sys", "/etc/hosts"] {
             assert!(dests.contains(&d), "{d} not in {dests:?}");
         }
+    }
+
+    fn sh_plan() -> ProcessPlan {
+        plan(
+            &ImageProcess {
+                cmd: vec!["sh".into()],
+                ..ImageProcess::default()
+            },
+            &Overrides::default(),
+            &files,
+        )
+        .unwrap()
+    }
+
+    fn spec_json(settings: &Settings, host: &HostFacts) -> serde_json::Value {
+        let spec = build_with(
+            &sh_plan(),
+            "box",
+            "/berth/web",
+            &[PathBuf::from("/etc/hosts")],
+            settings,
+            host,
+        )
+        .unwrap();
+        serde_json::to_value(&spec).unwrap()
+    }
+
+    fn strings(v: &serde_json::Value) -> Vec<String> {
+        let mut out: Vec<String> = v
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn mount_of<'a>(json: &'a serde_json::Value, dest: &str) -> &'a serde_json::Value {
+        json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == dest)
+            .unwrap_or_else(|| panic!("no mount on {dest}"))
+    }
+
+    #[test]
+    fn default_settings_are_containerds_defaults() {
+        let json = spec_json(&Settings::default(), &HostFacts::default());
+        let caps = strings(&json["process"]["capabilities"]["effective"]);
+        assert_eq!(caps.len(), 14, "{caps:?}");
+        assert!(caps.contains(&"CAP_CHOWN".to_owned()));
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], false);
+        assert!(json["linux"]["resources"]["memory"].is_null());
+        assert!(json["linux"]["resources"]["cpu"].is_null());
+        assert!(!json["linux"]["maskedPaths"].as_array().unwrap().is_empty());
+        assert!(strings(&mount_of(&json, "/sys")["options"]).contains(&"ro".to_owned()));
+        assert!(json["linux"]["seccomp"].is_null());
+    }
+
+    #[test]
+    fn limits_become_cgroup_resources() {
+        let settings = Settings {
+            memory_bytes: Some(64 << 20),
+            cpu_quota_us: Some(50_000),
+            ..Settings::default()
+        };
+        let json = spec_json(&settings, &HostFacts::default());
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["memory"]["limit"], 64 << 20);
+        assert_eq!(r["cpu"]["quota"], 50_000);
+        assert_eq!(r["cpu"]["period"], 100_000);
+    }
+
+    #[test]
+    fn capabilities_added_and_dropped() {
+        use super::super::settings::CapName;
+        let settings = Settings {
+            cap_drop: vec![CapName::All],
+            cap_add: vec![CapName::One(oci_spec::runtime::Capability::NetAdmin)],
+            ..Settings::default()
+        };
+        let json = spec_json(&settings, &HostFacts::default());
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(
+                strings(&json["process"]["capabilities"][set]),
+                ["CAP_NET_ADMIN"],
+                "{set}"
+            );
+        }
+        for set in ["inheritable", "ambient"] {
+            assert!(strings(&json["process"]["capabilities"][set]).is_empty());
+        }
+        let settings = Settings {
+            cap_drop: vec![CapName::One(oci_spec::runtime::Capability::Chown)],
+            ..Settings::default()
+        };
+        let json = spec_json(&settings, &HostFacts::default());
+        let caps = strings(&json["process"]["capabilities"]["effective"]);
+        assert_eq!(caps.len(), 13);
+        assert!(!caps.contains(&"CAP_CHOWN".to_owned()));
+    }
+
+    #[test]
+    fn privileged_gets_everything() {
+        let devices = super::super::settings::host_devices(Path::new("/dev"));
+        let host = HostFacts {
+            devices: devices.clone(),
+            ..HostFacts::default()
+        };
+        let settings = Settings {
+            privileged: true,
+            ..Settings::default()
+        };
+        let json = spec_json(&settings, &host);
+        let caps = strings(&json["process"]["capabilities"]["effective"]);
+        assert_eq!(caps.len(), super::super::settings::all_capabilities().len());
+        assert!(caps.contains(&"CAP_SYS_ADMIN".to_owned()));
+        assert_eq!(json["process"]["noNewPrivileges"], false);
+        assert_eq!(json["linux"]["resources"]["devices"][0]["allow"], true);
+        assert_eq!(json["linux"]["resources"]["devices"][0]["access"], "rwm");
+        assert_eq!(
+            json["linux"]["devices"].as_array().map_or(0, Vec::len),
+            devices.len()
+        );
+        assert!(
+            json["linux"]["maskedPaths"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        );
+        assert!(
+            json["linux"]["readonlyPaths"]
+                .as_array()
+                .is_none_or(Vec::is_empty)
+        );
+        let sys = strings(&mount_of(&json, "/sys")["options"]);
+        assert!(sys.contains(&"rw".to_owned()) && !sys.contains(&"ro".to_owned()));
+        assert!(json["linux"]["seccomp"].is_null());
+        assert!(json["process"]["apparmorProfile"].is_null());
+    }
+
+    #[test]
+    fn bind_mounts_and_volumes() {
+        use super::super::settings::{BindMount, VolumeMount};
+        let settings = Settings {
+            mounts: vec![
+                BindMount {
+                    source: "/srv/conf".into(),
+                    target: "/conf".into(),
+                    readonly: true,
+                },
+                BindMount {
+                    source: "/srv/hosts".into(),
+                    target: "/etc/hosts".into(),
+                    readonly: false,
+                },
+            ],
+            volumes: vec![VolumeMount {
+                name: "data".into(),
+                target: "/var/lib/app".into(),
+                readonly: false,
+            }],
+            ..Settings::default()
+        };
+        let host = HostFacts {
+            volumes_dir: "/var/lib/berth-agent/volumes".into(),
+            ..HostFacts::default()
+        };
+        let json = spec_json(&settings, &host);
+        let conf = mount_of(&json, "/conf");
+        assert_eq!(conf["type"], "bind");
+        assert_eq!(conf["source"], "/srv/conf");
+        assert_eq!(strings(&conf["options"]), ["rbind", "ro", "rprivate"]);
+        let data = mount_of(&json, "/var/lib/app");
+        assert_eq!(data["source"], "/var/lib/berth-agent/volumes/data");
+        assert_eq!(strings(&data["options"]), ["rbind", "rprivate", "rw"]);
+        // The user's /etc/hosts replaces the host's.
+        let hosts: Vec<_> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["destination"] == "/etc/hosts")
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0]["source"], "/srv/hosts");
     }
 }
