@@ -35,6 +35,7 @@ pub struct AgentConfig {
     pub containerd: ContainerdSettings,
     pub pull: PullSettings,
     pub log: LogSettings,
+    pub gc: GcSettings,
     /// Local state of the agent (cached tokens are kept in memory only;
     /// this is for what must survive restarts).
     pub data_dir: PathBuf,
@@ -103,6 +104,36 @@ pub struct PullSettings {
     pub platform: Option<String>,
 }
 
+/// The daemon's image GC (see `agent::gc`). Durations as `30s`, `15m`,
+/// `1h`, `7d`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcSettings {
+    /// Unused images not used (or pulled) for this long are removed;
+    /// unset: no removal by age.
+    pub max_image_age: Option<String>,
+    /// Used space (percent) of containerd's root file system above which
+    /// unused images are removed, oldest first…
+    pub high_disk_percent: u8,
+    /// …until usage is below this.
+    pub low_disk_percent: u8,
+    /// Time between two GC passes of the daemon.
+    pub interval: String,
+}
+
+impl Default for GcSettings {
+    fn default() -> Self {
+        // No age limit by default: an appliance may run offline for
+        // months and should keep what it has until the disk fills.
+        GcSettings {
+            max_image_age: None,
+            high_disk_percent: 85,
+            low_disk_percent: 75,
+            interval: "1h".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -120,6 +151,7 @@ impl Default for AgentConfig {
             containerd: ContainerdSettings::default(),
             pull: PullSettings::default(),
             log: LogSettings::default(),
+            gc: GcSettings::default(),
             data_dir: PathBuf::from("/var/lib/berth-agent"),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
         }
@@ -303,6 +335,21 @@ impl AgentConfig {
             && let Err(e) = p.parse::<Platform>()
         {
             problems.push(format!("pull.platform: {e}"));
+        }
+        if let Some(age) = &self.gc.max_image_age
+            && let Err(e) = crate::gc::parse_age(age)
+        {
+            problems.push(format!("gc.max_image_age: {e}"));
+        }
+        match crate::gc::parse_age(&self.gc.interval) {
+            Ok(d) if d.is_zero() => problems.push("gc.interval: must be positive".into()),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("gc.interval: {e}")),
+        }
+        if !(self.gc.low_disk_percent < self.gc.high_disk_percent
+            && self.gc.high_disk_percent <= 100)
+        {
+            problems.push("gc.low_disk_percent / high_disk_percent: need low < high <= 100".into());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(

@@ -84,6 +84,12 @@ pub struct ImageInfo {
     pub digest: String,
     pub media_type: String,
     pub size: i64,
+    /// Kept out of `images --json`, whose shape scripts already read; the
+    /// image GC needs them.
+    #[serde(skip)]
+    pub labels: HashMap<String, String>,
+    #[serde(skip)]
+    pub created_at: Option<SystemTime>,
 }
 
 impl Containerd {
@@ -441,14 +447,44 @@ impl Containerd {
             .into_iter()
             .map(|i| {
                 let t = i.target.unwrap_or_default();
+                let created_at = i.created_at.and_then(|ts| {
+                    let secs = u64::try_from(ts.seconds).ok()?;
+                    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+                });
                 ImageInfo {
                     name: i.name,
                     digest: t.digest,
                     media_type: t.media_type,
                     size: t.size,
+                    labels: i.labels,
+                    created_at,
                 }
             })
             .collect())
+    }
+
+    /// Sets one label of image record `name`, leaving the rest of the
+    /// record alone (the `labels.<key>` field path updates that key only).
+    pub async fn set_image_label(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let image = Image {
+            name: name.to_owned(),
+            labels: HashMap::from([(key.to_owned(), value.to_owned())]),
+            ..Image::default()
+        };
+        ImagesClient::new(self.channel.clone())
+            .update(self.request(
+                UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![format!("labels.{key}")],
+                    }),
+                    ..UpdateImageRequest::default()
+                },
+                None,
+            ))
+            .await
+            .map_err(ContainerdError::call("image label update"))?;
+        Ok(())
     }
 
     /// Deletes the image record; containerd's GC then reclaims content and

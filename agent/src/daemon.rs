@@ -61,6 +61,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         metrics,
         stop_rx.clone(),
     ));
+    let gc = tokio::spawn(gc_loop(cfg.clone(), stop_rx.clone()));
     tracing::info!(addr = %listener.local_addr()?, "berth-agent daemon running");
     let mut http_stop = stop_rx;
     axum::serve(listener, app)
@@ -69,8 +70,42 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         })
         .await?;
     supervisor.await.context("the supervisor task")?;
+    gc.await.context("the image GC task")?;
     tracing::info!("berth-agent daemon stopped");
     Ok(())
+}
+
+/// A GC pass every `gc.interval` (the first one after an interval, so a
+/// restarting daemon does not race the supervisor's first starts). A
+/// failed pass is logged and retried at the next tick.
+async fn gc_loop(cfg: AgentConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let (policy, interval) = match (
+        agent::gc::policy_from_config(&cfg),
+        agent::gc::parse_age(&cfg.gc.interval),
+    ) {
+        (Ok(p), Ok(i)) if !i.is_zero() => (p, i),
+        _ => {
+            tracing::error!("invalid gc settings: image GC disabled");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let pass = async {
+            let rt = agent::runtime::Runtime::new(&cfg).await?;
+            agent::gc::prune(&rt, &cfg, &policy).await
+        };
+        match pass.await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(count = removed.len(), "image GC pass")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "image GC pass failed"),
+        }
+    }
 }
 
 async fn shutdown() {

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod containerd;
+pub mod gc;
 pub mod identity;
 pub mod platform;
 pub mod pull;

@@ -66,6 +66,8 @@ enum Command {
     },
     /// List the images in the agent's containerd namespace.
     Images {
+        #[command(subcommand)]
+        action: Option<ImagesAction>,
         #[arg(long)]
         json: bool,
     },
@@ -156,6 +158,19 @@ enum Command {
     Start { name: String },
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum ImagesAction {
+    /// Remove the images no container uses (running, stopped or defined)
+    /// that were last used (or pulled) at least this long ago.
+    Prune {
+        /// `30s`, `15m`, `1h`, `7d` (default: `gc.max_image_age`, else 7d).
+        #[arg(long, value_name = "AGE", value_parser = agent::gc::parse_age)]
+        older_than: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(clap::Args, Debug)]
 struct DefineArgs {
     /// The container's name (containerd's id).
@@ -203,15 +218,19 @@ struct DefineArgs {
     /// `uid[:gid]` or `name[:group]` (default: the image's user).
     #[arg(long, short = 'u')]
     user: Option<String>,
+    /// The same settings as `run`'s, applied at every start.
+    #[command(flatten)]
+    settings: SettingsArgs,
     /// Replaces the image's command (its entrypoint stays): `-- CMD ARGS…`.
     #[arg(last = true, value_name = "CMD")]
     cmd: Vec<String>,
 }
 
 impl DefineArgs {
-    fn definition(self) -> Definition {
+    fn definition(self) -> anyhow::Result<Definition> {
         let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Definition {
+        let settings = self.settings.settings()?;
+        Ok(Definition {
             name: self.name,
             image: self.image,
             exec_type: self.exec_type,
@@ -222,6 +241,7 @@ impl DefineArgs {
                 hostname: self.hostname,
                 user: self.user,
                 stop_timeout_secs: self.stop_timeout,
+                settings,
             },
             backoff: BackoffSettings {
                 initial_ms: ms(self.backoff_initial),
@@ -235,7 +255,7 @@ impl DefineArgs {
                 retries: self.health_retries,
                 start_period_ms: ms(self.health_start_period),
             }),
-        }
+        })
     }
 }
 
@@ -301,7 +321,11 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Validate { .. } => Ok(()),
         Command::Pull { reference, json } => pull(&cfg, &reference, json).await,
-        Command::Images { json } => images(&cfg, json).await,
+        Command::Images {
+            action: Some(ImagesAction::Prune { older_than, json }),
+            ..
+        } => prune(&cfg, older_than, json).await,
+        Command::Images { action: None, json } => images(&cfg, json).await,
         Command::Rmi { reference } => rmi(&cfg, &reference).await,
         Command::Run {
             name,
@@ -344,7 +368,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Daemon => daemon::run(cfg).await,
         Command::Define(args) => {
-            let def = args.definition();
+            let def = args.definition()?;
             DefinitionStore::new(&cfg.data_dir).save(&def)?;
             println!(
                 "{} defined ({}); the daemon picks it up within a second",
@@ -485,6 +509,39 @@ async fn images(cfg: &AgentConfig, json: bool) -> anyhow::Result<()> {
         println!("{:<60} {:<72} SIZE", "NAME", "DIGEST");
         for i in list {
             println!("{:<60} {:<72} {}", i.name, i.digest, i.size);
+        }
+    }
+    Ok(())
+}
+
+async fn prune(
+    cfg: &AgentConfig,
+    older_than: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let max_age = match older_than {
+        Some(d) => d,
+        None => match &cfg.gc.max_image_age {
+            Some(a) => agent::gc::parse_age(a).map_err(anyhow::Error::msg)?,
+            None => std::time::Duration::from_secs(7 * 86_400),
+        },
+    };
+    // Age only: disk watermarks are the daemon's, run on its interval.
+    let policy = agent::gc::Policy {
+        max_age: Some(max_age),
+        watermarks: None,
+    };
+    let removed = agent::gc::prune(&Runtime::new(cfg).await?, cfg, &policy).await?;
+    if json {
+        println!("{}", serde_json::to_string(&removed)?);
+    } else if removed.is_empty() {
+        println!("nothing to remove");
+    } else {
+        for i in removed {
+            println!(
+                "removed {} ({} bytes, unused for {} s)",
+                i.name, i.size, i.age_secs
+            );
         }
     }
     Ok(())

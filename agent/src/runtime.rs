@@ -232,6 +232,20 @@ impl Runtime {
                 (t, true)
             }
         };
+        // Before the container exists, so the image GC never sees a fresh
+        // container's image as unused for long; a failure only costs GC
+        // accuracy (the image ages from its creation), not the run.
+        if let Err(e) = self
+            .containerd
+            .set_image_label(
+                &image_name,
+                crate::gc::LAST_USED_LABEL,
+                &crate::gc::last_used_value(std::time::SystemTime::now()),
+            )
+            .await
+        {
+            tracing::warn!(image = %image_name, error = %e, "recording the image's last use");
+        }
         let (config, top_chain) = self.image_config(&image_name, &target.digest).await?;
         let image_process = spec::ImageProcess::from_config(&config);
 

@@ -229,6 +229,30 @@ impl Drop for Daemon {
 
 /// The value of the sample `series` (name and labels, exactly) in an
 /// OpenMetrics text.
+/// The cgroup v1 directory of `pid` for `controller` (as the host sees it).
+fn cgroup_dir(pid: u64, controller: &str) -> PathBuf {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = cgroups
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == controller))
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
+    let path = line.splitn(3, ':').nth(2).unwrap();
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+}
+
+fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -266,6 +290,7 @@ async fn daemon_supervises_services_recurring_and_on_demand_containers() {
              "--backoff-initial", "300ms", "--backoff-max", "10s",
              "--", "/bin/sh", "-c", "echo up; sleep 1"],
         vec!["define", &steady, "box:v1", "--type", "service", "--stop-timeout", "1",
+             "--memory", "64m",
              "--health-cmd", "true", "--health-interval", "500ms", "--health-timeout", "5s",
              "--", "/bin/sleep", "1000"],
         vec!["define", &sick, "box:v1", "--type", "service", "--stop-timeout", "1",
@@ -348,6 +373,12 @@ async fn daemon_supervises_services_recurring_and_on_demand_containers() {
         "{e}"
     );
     let steady_pid = e["pid"].as_u64().unwrap();
+    // The definition's settings reach the container: its memory limit is
+    // in its cgroup.
+    assert_eq!(
+        read_trimmed(&cgroup_dir(steady_pid, "memory").join("memory.limit_in_bytes")),
+        (64u64 << 20).to_string()
+    );
 
     let text = daemon.metrics().await;
     let restarts = |name: &str| {

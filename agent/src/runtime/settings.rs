@@ -28,7 +28,10 @@ pub const DEFAULT_LOG_MAX_FILES: u32 = 1;
 
 /// Every per-container setting of `run` beyond the process, validated.
 /// `Default` is an ordinary, unprivileged container without limits.
+// Field defaults: a hand-written definition file may name only the
+// settings it changes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Settings {
     /// Every capability, every host device, no masked or read-only paths,
     /// `/sys` writable, no `no_new_privileges`.
@@ -108,6 +111,7 @@ pub struct VolumeMount {
 /// Size limits of a container's output log. `max_size: None`: one file,
 /// unbounded (the shim writes it directly).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LogLimits {
     pub max_size: Option<u64>,
     /// Files kept in all, the current one included (`output.log`,

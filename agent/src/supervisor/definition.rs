@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::SupervisorError;
+use crate::runtime::settings::Settings;
 use crate::runtime::spec::Overrides;
 use crate::runtime::{RunRequest, validate_name};
 
@@ -67,6 +68,11 @@ pub struct RunOptions {
     pub hostname: Option<String>,
     pub user: Option<String>,
     pub stop_timeout_secs: Option<u64>,
+    /// Privileged mode, capabilities, mounts, volumes, limits, log limits.
+    /// Defaulted so definitions written before settings existed still load
+    /// (as ordinary containers without limits).
+    #[serde(default)]
+    pub settings: Settings,
 }
 
 /// Restart backoff of a service: `initial`, doubled at each exit up to
@@ -169,14 +175,13 @@ impl Definition {
                 return bad("health check interval, timeout and retries must be > 0".into());
             }
         }
+        // A hand-edited file can carry settings `define` would refuse;
+        // refused here so `list` skips it instead of failing every start.
+        self.run.settings.validate()?;
         Ok(())
     }
 
     /// What the runtime's `run` is given for each start.
-    // The runtime's request types are being extended beside this module
-    // (privileged, mounts, limits…); the struct updates keep this
-    // compiling, with those at their defaults, whichever struct gets them.
-    #[allow(clippy::needless_update)]
     pub fn run_request(&self) -> RunRequest {
         RunRequest {
             name: self.name.clone(),
@@ -186,10 +191,9 @@ impl Definition {
                 env: self.run.env.clone(),
                 hostname: self.run.hostname.clone(),
                 user: self.run.user.clone(),
-                ..Overrides::default()
+                settings: self.run.settings.clone(),
             },
             stop_timeout: self.run.stop_timeout_secs.map(Duration::from_secs),
-            ..RunRequest::default()
         }
     }
 }
@@ -370,6 +374,7 @@ mod tests {
                 hostname: Some("h".into()),
                 user: None,
                 stop_timeout_secs: Some(3),
+                settings: Settings::default(),
             },
             backoff: BackoffSettings::default(),
             health: Some(HealthCheck {
@@ -418,6 +423,64 @@ mod tests {
         assert!(store.remove("job-a").unwrap());
         assert!(!store.remove("job-a").unwrap());
         assert!(store.load("job-a").unwrap().is_none());
+    }
+
+    #[test]
+    fn settings_round_trip_and_old_files_load() {
+        use crate::runtime::settings::{BindMount, CapName, LogLimits, VolumeMount};
+        let dir = tempfile::tempdir().unwrap();
+        let store = DefinitionStore::new(dir.path());
+        let mut d = def("with-settings");
+        d.run.settings = Settings {
+            privileged: false,
+            cap_add: vec![CapName::parse("NET_ADMIN").unwrap()],
+            cap_drop: vec![CapName::All],
+            mounts: vec![BindMount {
+                source: dir.path().to_owned(),
+                target: "/host".into(),
+                readonly: true,
+            }],
+            volumes: vec![VolumeMount {
+                name: "data".into(),
+                target: "/data".into(),
+                readonly: false,
+            }],
+            memory_bytes: Some(64 << 20),
+            cpu_quota_us: Some(50_000),
+            log: LogLimits {
+                max_size: Some(1 << 20),
+                max_files: 3,
+            },
+        };
+        store.save(&d).unwrap();
+        assert_eq!(store.load("with-settings").unwrap().unwrap(), d);
+        let raw: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.dir().join("with-settings.json")).unwrap())
+                .unwrap();
+        assert_eq!(raw["run"]["settings"]["cap_add"][0], "CAP_NET_ADMIN");
+        assert_eq!(raw["run"]["settings"]["memory_bytes"], 64 << 20);
+        assert_eq!(d.run_request().overrides.settings, d.run.settings);
+
+        // A file written before definitions had settings: no `settings`
+        // key at all, and one naming only some settings.
+        let old = r#"{"name":"old","image":"app:v1","type":"service",
+            "run":{"cmd":["sleep","1"],"stop_timeout_secs":2}}"#;
+        std::fs::write(store.dir().join("old.json"), old).unwrap();
+        let partial = r#"{"name":"part","image":"app:v1","type":"on-demand",
+            "run":{"settings":{"memory_bytes":67108864}}}"#;
+        std::fs::write(store.dir().join("part.json"), partial).unwrap();
+        let (all, broken) = store.list().unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        assert_eq!(all["old"].run.settings, Settings::default());
+        assert_eq!(all["old"].run.stop_timeout_secs, Some(2));
+        assert_eq!(all["part"].run.settings.memory_bytes, Some(64 << 20));
+        assert_eq!(all["part"].run.settings.log, LogLimits::default());
+
+        // Settings the runtime would refuse make the definition invalid.
+        let mut bad = def("bad-settings");
+        bad.run.settings.log.max_files = 0;
+        assert!(bad.validate().is_err());
+        assert!(store.save(&bad).is_err());
     }
 
     #[test]
