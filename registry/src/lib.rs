@@ -17,4 +17,6 @@ pub mod storage;
 pub use digest::{Algorithm, Digest, Hasher};
 pub use names::{Reference, RepoName, Tag};
 pub use service::{ByteRange, GcReport, PushedManifest, Registry, RegistryConfig, RegistryError};
-pub use storage::{ByteStream, MountSource, RepositoryPage, RepositorySummary, TagDetail};
+pub use storage::{
+    ByteStream, MountSource, NameList, RepositoryPage, RepositorySummary, TagDetail,
+};

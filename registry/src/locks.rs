@@ -2,9 +2,11 @@
 //!
 //! Entries exist only while someone holds or waits for them, so memory stays
 //! bounded by concurrency, not by the number of keys ever seen. These
-//! serialise work inside one process; the metadata store's transactions
-//! (compare-and-set on upload offsets, conditional deletes) keep several
-//! processes correct.
+//! serialise work inside one process, which is what serves a data
+//! directory: an upload's progress is kept beside its staged bytes without
+//! a compare-and-set, so one session's chunks must go through one process.
+//! The metadata store's transactions (conditional deletes) keep GC correct
+//! against concurrent pushes.
 
 use std::collections::HashMap;
 use std::sync::Arc;

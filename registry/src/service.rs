@@ -13,9 +13,9 @@ use crate::locks::KeyedLocks;
 use crate::manifest::{self, ManifestError};
 use crate::names::{Reference, RepoName, Tag};
 use crate::storage::{
-    BlobStore, ByteStream, MetadataStore, Millis, MountSource, NewManifest, PutManifestOutcome,
-    Referrer, RepositoryPage, StorageError, StoredManifest, TagDetail, UploadRecord,
-    WriteInterruption, now_millis,
+    BlobStore, ByteStream, MetadataStore, Millis, MountSource, NameList, NewManifest,
+    PutManifestOutcome, Referrer, RepositoryPage, StorageError, StoredManifest, TagDetail,
+    UploadProgress, UploadRecord, WriteInterruption, now_millis,
 };
 
 /// Tunables of the registry service.
@@ -277,14 +277,22 @@ impl Registry {
     /// digested with as they stream in (clients may hint it; sha256 if not).
     pub async fn start_upload(&self, repo: &RepoName, algorithm: Algorithm) -> Result<UploadState> {
         let now = now_millis();
+        let hasher = Hasher::new(algorithm);
         let record = UploadRecord {
             id: uuid::Uuid::new_v4().to_string(),
             repo: repo.clone(),
             size: 0,
-            hash_state: Hasher::new(algorithm).save(),
+            hash_state: hasher.save(),
             created_at: now,
             updated_at: now,
         };
+        // Progress first: a session row always has a progress record, so a
+        // missing one means it was lost (see `progress`). A crash in
+        // between leaves a record without a row, which the GC sweep takes.
+        self.inner
+            .blobs
+            .upload_save_progress(&record.id, 0, &hasher)
+            .await?;
         self.inner.meta.create_upload(&record).await?;
         Ok(UploadState {
             id: record.id,
@@ -303,12 +311,48 @@ impl Registry {
         }
     }
 
+    /// Where upload `record` stands: its offset and the hash of the bytes
+    /// before it. `None` when that is lost: the record was damaged or
+    /// written before the machine restarted, or it is gone with the staged
+    /// bytes (swept after a crash orphaned them).
+    async fn progress(&self, record: &UploadRecord) -> Result<Option<(u64, Hasher)>> {
+        match self.inner.blobs.upload_progress(&record.id).await? {
+            UploadProgress::Current { size, hasher } => Ok(Some((size, hasher))),
+            // A session of a Berth version that kept progress in the row:
+            // the row's offset and hash state are its progress.
+            UploadProgress::Missing if record.size > 0 => Hasher::restore(&record.hash_state)
+                .map(|h| Some((record.size, h)))
+                .map_err(|e| RegistryError::UploadInvalid(e.to_string())),
+            UploadProgress::Missing | UploadProgress::Lost => Ok(None),
+        }
+    }
+
+    /// [`Self::progress`] for a request holding the session's lock: a lost
+    /// session is ended, and the client told to start over.
+    async fn progress_or_abandon(&self, record: &UploadRecord) -> Result<(u64, Hasher)> {
+        match self.progress(record).await? {
+            Some(p) => Ok(p),
+            None => {
+                tracing::warn!(
+                    upload = %record.id,
+                    "abandoning an upload whose progress is lost (machine restarted, or staged data swept)"
+                );
+                self.abandon_upload(&record.id).await;
+                Err(RegistryError::UploadUnknown)
+            }
+        }
+    }
+
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
         let r = self.upload_record(repo, id).await?;
-        Ok(UploadState {
-            id: r.id,
-            size: r.size,
-        })
+        // Without the session's lock (a status request does not wait for a
+        // chunk in flight): a lost session is only reported, and ended by
+        // its next chunk or by expiry.
+        let (size, _) = self
+            .progress(&r)
+            .await?
+            .ok_or(RegistryError::UploadUnknown)?;
+        Ok(UploadState { id: r.id, size })
     }
 
     /// Appends a chunk. `range` is the inclusive `Content-Range` the client
@@ -322,39 +366,36 @@ impl Registry {
     ) -> Result<UploadState> {
         let _lock = self.inner.uploads.lock(id).await;
         let record = self.upload_record(repo, id).await?;
-        let (size, _) = self.append(&record, range, body).await?;
+        let (size, hasher) = self.progress_or_abandon(&record).await?;
+        let (size, _) = self.append(&record, size, hasher, range, body).await?;
         Ok(UploadState {
             id: record.id,
             size,
         })
     }
 
-    /// Writes a chunk to an upload whose lock the caller holds and records
-    /// the new offset. Returns the new size and hasher.
+    /// Writes a chunk to an upload whose lock the caller holds, at `size`
+    /// with `hasher` (its progress), and records the new progress. Returns
+    /// the new size and hasher.
     async fn append(
         &self,
         record: &UploadRecord,
+        size: u64,
+        hasher: Hasher,
         range: Option<(u64, u64)>,
         body: ByteStream,
     ) -> Result<(u64, Hasher)> {
         if let Some((start, end)) = range
-            && (start != record.size || end < start)
+            && (start != size || end < start)
         {
-            return Err(RegistryError::RangeNotSatisfiable { size: record.size });
+            return Err(RegistryError::RangeNotSatisfiable { size });
         }
-        let hasher = match Hasher::restore(&record.hash_state) {
-            Ok(h) => h,
-            Err(e) => {
-                self.abandon_upload(&record.id).await;
-                return Err(RegistryError::UploadInvalid(e.to_string()));
-            }
-        };
         let written = self
             .inner
             .blobs
             .upload_write(
                 &record.id,
-                record.size,
+                size,
                 body,
                 hasher,
                 self.inner.config.max_blob_size,
@@ -368,26 +409,15 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         };
-        let new_size = record.size + w.written;
+        let new_size = size + w.written;
         if w.written > 0 {
             // Progress is kept even when the body was cut short, so that the
             // client can resume from the new offset.
-            let moved = self
-                .inner
-                .meta
-                .advance_upload(
-                    &record.id,
-                    record.size,
-                    new_size,
-                    &w.hasher.save(),
-                    now_millis(),
-                )
+            self.inner
+                .blobs
+                .upload_save_progress(&record.id, new_size, &w.hasher)
                 .await?;
-            if !moved {
-                return Err(RegistryError::UploadInvalid(
-                    "upload was modified concurrently; query its status and resume".into(),
-                ));
-            }
+            self.keep_alive(record).await?;
         }
         match w.interrupted {
             Some(WriteInterruption::TooLarge) => Err(RegistryError::TooLarge {
@@ -412,6 +442,25 @@ impl Registry {
         }
     }
 
+    /// Refreshes the session's last activity, which upload expiry counts
+    /// from. Only now and then: it is a durable (fsynced) metadata commit,
+    /// which on ext4 also waits for the staged chunk's data to reach the
+    /// disk, and a chunk must not wait for that.
+    async fn keep_alive(&self, record: &UploadRecord) -> Result<()> {
+        let now = now_millis();
+        // An eighth of the TTL: an active session is never taken for an
+        // idle one, and a long upload commits a few times a day at most.
+        let every = millis(self.inner.config.upload_ttl) / 8;
+        if now - record.updated_at >= every
+            && !self.inner.meta.touch_upload(&record.id, now).await?
+        {
+            // Expired by GC, or cancelled, while this chunk was written.
+            self.inner.blobs.upload_discard(&record.id).await?;
+            return Err(RegistryError::UploadUnknown);
+        }
+        Ok(())
+    }
+
     async fn abandon_upload(&self, id: &str) {
         // Best effort: GC expires whatever this leaves behind.
         if let Err(e) = self.inner.meta.delete_upload(id).await {
@@ -434,13 +483,10 @@ impl Registry {
     ) -> Result<u64> {
         let _lock = self.inner.uploads.lock(id).await;
         let record = self.upload_record(repo, id).await?;
+        let (size, hasher) = self.progress_or_abandon(&record).await?;
         let (size, hasher) = match body {
-            Some(body) => self.append(&record, range, body).await?,
-            None => {
-                let hasher = Hasher::restore(&record.hash_state)
-                    .map_err(|e| RegistryError::UploadInvalid(e.to_string()))?;
-                (record.size, hasher)
-            }
+            Some(body) => self.append(&record, size, hasher, range, body).await?,
+            None => (size, hasher),
         };
         let actual = if hasher.algorithm() == digest.algorithm() {
             hasher.finish()
@@ -484,9 +530,7 @@ impl Registry {
         // retried PUT fail for good (500: staged data gone) after a crash
         // between that rename and the row's insert (found by tests/crash.rs).
         let present = self.inner.blobs.size(digest).await? == Some(size);
-        if present {
-            self.inner.blobs.upload_discard(id).await?;
-        } else {
+        if !present {
             match self.inner.blobs.upload_commit(id, size, digest).await {
                 Ok(()) => {}
                 // The staged bytes are gone (swept after a crash left them
@@ -505,6 +549,13 @@ impl Registry {
             .meta
             .commit_blob(repo, digest, size, record, now_millis())
             .await?;
+        // Only now that the session row is gone: until then a retried PUT
+        // after a crash needs the progress record (and, if the blob was
+        // already there, finds the staged bytes still in place).
+        if let Err(e) = self.inner.blobs.upload_discard(id).await {
+            // The blob is in; the GC sweep takes what is left.
+            tracing::warn!(upload = id, error = %e, "could not discard a committed upload's staging");
+        }
         Ok(())
     }
 
@@ -671,7 +722,7 @@ impl Registry {
         repo: &RepoName,
         last: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>> {
+    ) -> Result<NameList> {
         self.inner
             .meta
             .list_tags(repo, last, limit)
@@ -686,7 +737,7 @@ impl Registry {
         namespace: Option<&str>,
         last: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>> {
+    ) -> Result<NameList> {
         Ok(self
             .inner
             .meta

@@ -50,7 +50,8 @@ pub fn now_millis() -> Millis {
 /// The result of streaming a request body into a staged upload.
 #[derive(Debug)]
 pub struct UploadWrite {
-    /// Bytes appended durably and fed to the hasher.
+    /// Bytes appended (see [`BlobStore::upload_write`] on durability) and
+    /// fed to the hasher.
     pub written: u64,
     /// The hasher after those bytes.
     pub hasher: Hasher,
@@ -112,15 +113,160 @@ pub trait BlobStore: Send + Sync + 'static {
     /// atomically, and removes the staged upload.
     async fn upload_commit(&self, id: &str, len: u64, digest: &Digest) -> Result<(), StorageError>;
 
-    /// Drops a staged upload; absent uploads are not an error.
+    /// Records that upload `id` holds `size` staged bytes, hashed into
+    /// `hasher`, replacing the previous record atomically (a reader sees the
+    /// old record or the new one). Survives a crash of the process when this
+    /// returns, like the bytes of [`BlobStore::upload_write`]; it is not made
+    /// durable against power loss (no fsync: the price of one per chunk is a
+    /// stalled upload), and [`BlobStore::upload_progress`] tells a record
+    /// that may not match the staged bytes any more by answering
+    /// [`UploadProgress::Lost`].
+    async fn upload_save_progress(
+        &self,
+        id: &str,
+        size: u64,
+        hasher: &Hasher,
+    ) -> Result<(), StorageError>;
+
+    /// The last progress recorded by [`BlobStore::upload_save_progress`].
+    async fn upload_progress(&self, id: &str) -> Result<UploadProgress, StorageError>;
+
+    /// Drops a staged upload and its progress record; absent uploads are
+    /// not an error.
     async fn upload_discard(&self, id: &str) -> Result<(), StorageError>;
 
     /// Every committed blob with its modification time (for the GC sweep of
     /// blobs whose metadata row was never written because of a crash).
     async fn list_blobs(&self) -> Result<Vec<(Digest, SystemTime)>, StorageError>;
 
-    /// Every staged upload id with its modification time.
+    /// Every staged upload id (staged bytes or a progress record) with its
+    /// latest modification time.
     async fn list_uploads(&self) -> Result<Vec<(String, SystemTime)>, StorageError>;
+}
+
+/// Names in order (a page of tags or repositories), packed into one buffer:
+/// a page holds up to 10,000 of them, and a `String` each was a sixth of the
+/// CPU a full tag list cost.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct NameList {
+    text: String,
+    /// Where each name ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl NameList {
+    /// An empty list with room for `names` names (their text grows as needed).
+    pub fn with_capacity(names: usize) -> Self {
+        NameList {
+            text: String::with_capacity(names * 8),
+            ends: Vec::with_capacity(names),
+        }
+    }
+
+    pub fn push(&mut self, name: &str) {
+        self.text.push_str(name);
+        self.ends.push(self.text.len());
+    }
+
+    /// A list from names laid end to end in `text`, name `i` ending at
+    /// `ends[i]`; `None` unless `text` is UTF-8, cut only between
+    /// characters, with `ends` ascending up to its end. (A storage engine
+    /// gathers raw bytes and has them checked once: per name, the check
+    /// cost more than the copy.)
+    pub fn from_parts(text: Vec<u8>, ends: Vec<usize>) -> Option<Self> {
+        if ends.last().copied().unwrap_or(0) != text.len() {
+            return None;
+        }
+        let text = String::from_utf8(text).ok()?;
+        let mut start = 0;
+        for &end in &ends {
+            if end < start || !text.is_char_boundary(end) {
+                return None;
+            }
+            start = end;
+        }
+        Some(NameList { text, ends })
+    }
+
+    /// All names run together, in order.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1],
+        };
+        self.text.get(start..end)
+    }
+
+    pub fn last(&self) -> Option<&str> {
+        self.get(self.len().checked_sub(1)?)
+    }
+
+    /// Keeps the first `n` names.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.len() {
+            self.ends.truncate(n);
+            self.text.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let name = &self.text[start..end];
+            start = end;
+            name
+        })
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_owned).collect()
+    }
+}
+
+impl<'a> FromIterator<&'a str> for NameList {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(iter: I) -> Self {
+        let mut list = NameList::default();
+        for name in iter {
+            list.push(name);
+        }
+        list
+    }
+}
+
+impl std::fmt::Debug for NameList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// What the blob store knows of an upload's progress.
+// Returned once per request and never stored: boxing the hasher would only
+// add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum UploadProgress {
+    /// The first `size` staged bytes are the upload's, and `hasher` has seen
+    /// exactly them.
+    Current { size: u64, hasher: Hasher },
+    /// A record exists but cannot be trusted: it is damaged, or it was
+    /// written before the machine restarted, when neither it nor the staged
+    /// bytes had been made durable. The upload cannot go on.
+    Lost,
+    /// No record.
+    Missing,
 }
 
 /// Where a cross-repository mount may take a blob from.
@@ -134,11 +280,17 @@ pub enum MountSource<'a> {
 }
 
 /// An upload session as the metadata store keeps it.
+///
+/// The session's progress (offset and hash state) moves with every chunk and
+/// is kept by the blob store beside the staged bytes
+/// ([`BlobStore::upload_progress`]); `size` and `hash_state` here are where
+/// the session was created, and where sessions written by Berth versions
+/// that kept progress in this record stand.
 #[derive(Debug, Clone)]
 pub struct UploadRecord {
     pub id: String,
     pub repo: RepoName,
-    /// Bytes acknowledged to the client so far.
+    /// Bytes acknowledged when the record was last written (0 when created).
     pub size: u64,
     /// [`Hasher::save`] output after `size` bytes.
     pub hash_state: Vec<u8>,
@@ -288,16 +440,9 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     async fn get_upload(&self, id: &str) -> Result<Option<UploadRecord>, StorageError>;
 
-    /// Records progress if the upload is still at `expected_size`; `false`
-    /// if another request moved it meanwhile.
-    async fn advance_upload(
-        &self,
-        id: &str,
-        expected_size: u64,
-        new_size: u64,
-        hash_state: &[u8],
-        now: Millis,
-    ) -> Result<bool, StorageError>;
+    /// Marks the session active at `now` (upload expiry counts from it);
+    /// `false` if there is no such session.
+    async fn touch_upload(&self, id: &str, now: Millis) -> Result<bool, StorageError>;
 
     async fn delete_upload(&self, id: &str) -> Result<bool, StorageError>;
 
@@ -336,7 +481,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         repo: &RepoName,
         last: Option<&str>,
         limit: usize,
-    ) -> Result<Option<Vec<String>>, StorageError>;
+    ) -> Result<Option<NameList>, StorageError>;
 
     /// Repository names after `last` in lexical order, at most `limit`; only
     /// those under `<namespace>/` when a namespace is given.
@@ -345,7 +490,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         namespace: Option<&str>,
         last: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StorageError>;
+    ) -> Result<NameList, StorageError>;
 
     async fn referrers(
         &self,
@@ -417,4 +562,44 @@ pub fn open_embedded(
     let blobs = fs::FsBlobStore::open(data_dir.join("store"))?;
     let meta = sqlite::SqliteMetadata::open(data_dir.join("metadata.sqlite"), synchronous)?;
     Ok((std::sync::Arc::new(blobs), std::sync::Arc::new(meta)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn name_lists() {
+        let mut names: NameList = ["a", "bc", "", "déf"].into_iter().collect();
+        assert_eq!(names.len(), 4);
+        assert_eq!(names.get(1), Some("bc"));
+        assert_eq!(names.get(2), Some(""));
+        assert_eq!(names.last(), Some("déf"));
+        assert_eq!(names.get(4), None);
+        assert_eq!(names.text(), "abcdéf");
+        assert_eq!(format!("{names:?}"), r#"["a", "bc", "", "déf"]"#);
+        names.truncate(9);
+        assert_eq!(names.len(), 4);
+        names.truncate(2);
+        assert_eq!(names.to_vec(), ["a", "bc"]);
+        assert_eq!(names.text(), "abc");
+        names.truncate(0);
+        assert!(names.is_empty());
+        assert_eq!(names.last(), None);
+
+        let built = NameList::from_parts("abcdéf".into(), vec![1, 3, 3, 7]).unwrap();
+        assert_eq!(built.to_vec(), ["a", "bc", "", "déf"]);
+        // Not UTF-8, cut inside a character, or out of order: refused.
+        assert!(NameList::from_parts(vec![0xff], vec![1]).is_none());
+        assert!(NameList::from_parts("é".into(), vec![1, 2]).is_none());
+        assert!(NameList::from_parts("ab".into(), vec![2, 1]).is_none());
+        assert!(NameList::from_parts("ab".into(), vec![3]).is_none());
+        assert!(NameList::from_parts("ab".into(), vec![1]).is_none());
+        assert!(
+            NameList::from_parts(Vec::new(), Vec::new())
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

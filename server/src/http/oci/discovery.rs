@@ -3,8 +3,8 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
-use registry::Digest;
 use registry::manifest::media_types::OCI_INDEX;
+use registry::{Digest, NameList};
 use serde_json::{Value, json};
 
 use super::error::{Code, OciError, OciResult};
@@ -32,7 +32,7 @@ fn page_size(state: &AppState, q: &Query) -> OciResult<usize> {
 
 /// Fetches one extra entry to learn whether a next page exists.
 fn paged_response(
-    mut items: Vec<String>,
+    mut items: NameList,
     n: usize,
     key: &str,
     extra: Option<(&str, &str)>,
@@ -42,7 +42,12 @@ fn paged_response(
     items.truncate(n);
     // Written straight from the list (no intermediate JSON value): a page
     // may hold thousands of names.
-    let mut body = Vec::with_capacity(64 + items.iter().map(|i| i.len() + 3).sum::<usize>());
+    let mut body = Vec::with_capacity(
+        64 + key.len()
+            + extra.map_or(0, |(k, v)| k.len() + v.len())
+            + items.text().len()
+            + 3 * items.len(),
+    );
     body.push(b'{');
     if let Some((k, v)) = extra {
         write_json_str(&mut body, k);
@@ -52,11 +57,21 @@ fn paged_response(
     }
     write_json_str(&mut body, key);
     body.extend_from_slice(b":[");
+    // Tag and repository names never need escaping (their grammar allows no
+    // `"`, `\` or control character): one check over all of them, then each
+    // is copied as it is.
+    let plain = items.text().bytes().all(json_plain);
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        write_json_str(&mut body, item);
+        if plain {
+            body.push(b'"');
+            body.extend_from_slice(item.as_bytes());
+            body.push(b'"');
+        } else {
+            write_json_str(&mut body, item);
+        }
     }
     body.extend_from_slice(b"]}");
     let mut resp = (
@@ -75,6 +90,11 @@ fn paged_response(
         }
     }
     resp
+}
+
+/// Whether byte `b` stands for itself inside a JSON string.
+fn json_plain(b: u8) -> bool {
+    b >= 0x20 && b != b'"' && b != b'\\'
 }
 
 /// Appends `s` as a JSON string (serde_json escapes it).
@@ -121,7 +141,7 @@ pub(super) async fn catalog(
     let principal = state.auth.authorize(req, Scope::Catalog).await?;
     let n = page_size(state, q)?;
     let repos = if n == 0 {
-        Vec::new()
+        NameList::default()
     } else {
         // An account sees only its own namespace.
         state
@@ -190,4 +210,42 @@ pub(super) async fn referrers(
         );
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_json(resp: Response) -> Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_are_json_with_a_link_to_the_next() {
+        let names: NameList = ["a", "b", "c"].into_iter().collect();
+        let resp = paged_response(names, 2, "tags", Some(("name", "x/y")), "/v2/x/y/tags/list");
+        assert_eq!(
+            resp.headers()[header::LINK],
+            "</v2/x/y/tags/list?n=2&last=b>; rel=\"next\""
+        );
+        assert_eq!(
+            body_json(resp).await,
+            json!({"name": "x/y", "tags": ["a", "b"]})
+        );
+        let resp = paged_response(NameList::default(), 5, "repositories", None, "/v2/_catalog");
+        assert!(resp.headers().get(header::LINK).is_none());
+        assert_eq!(body_json(resp).await, json!({"repositories": []}));
+    }
+
+    #[tokio::test]
+    async fn names_that_need_escaping_are_escaped() {
+        // Not names the registry accepts, but the writer must not rely on it.
+        let odd = ["plain", "quo\"te", "back\\slash", "new\nline", "tab\t", "é"];
+        let names: NameList = odd.into_iter().collect();
+        let resp = paged_response(names, 10, "tags", None, "/v2/x/tags/list");
+        assert_eq!(body_json(resp).await, json!({ "tags": odd }));
+    }
 }
