@@ -4,17 +4,17 @@
 //! image in use, and containerd's GC reclaims the removed image's content.
 #![allow(clippy::unwrap_used)]
 
+mod common_agent;
 mod common_auth;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common_auth::{ACME, ACME_NS, AuthServer, Enrolled};
+use common_agent::{agent_config, agent_ok};
+use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, require_tool, workspace_bin};
+use test_support::{Arch, Image, ImageBuilder, require_tool};
 use tests::Containerd;
 
 fn busybox_image() -> Image {
@@ -37,68 +37,6 @@ fn data_image() -> Image {
         Bytes::from(format!("gc test {}\n", std::process::id())),
     );
     ImageBuilder::new(Arch::Amd64).layer(data.build()).build()
-}
-
-fn agent_config(srv: &AuthServer, node: &Enrolled, ctrd: &Containerd, dir: &Path) -> PathBuf {
-    let toml = format!(
-        r#"data_dir = "{data}"
-metrics_listen = "127.0.0.1:0"
-
-[registry]
-url = "{url}"
-namespace = "{ACME_NS}"
-
-[node]
-auth_url = "https://{node_addr}"
-cert_file = "{node_dir}/node.crt"
-key_file = "{node_dir}/node.key"
-ca_file = "{node_dir}/ca.crt"
-
-[containerd]
-socket = "{socket}"
-namespace = "{ns}"
-snapshotter = "overlayfs"
-root = "{root}"
-
-[pull]
-backoff_base_ms = 50
-backoff_max_ms = 500
-min_free_bytes = 0
-"#,
-        data = dir.join("agent-data").display(),
-        url = srv.url(),
-        node_addr = srv.node_addr,
-        node_dir = node.dir.display(),
-        socket = ctrd.socket().display(),
-        ns = ctrd.namespace(),
-        root = ctrd.root().display(),
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn agent(config: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin("berth-agent"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn agent_ok(config: &Path, args: &[&str]) -> String {
-    let out = agent(config, args);
-    assert!(
-        out.status.success(),
-        "berth-agent {args:?} failed with {}:\nstderr: {}\nstdout: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test]

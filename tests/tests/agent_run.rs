@@ -6,17 +6,17 @@
 //! the container while it exists and not after.
 #![allow(clippy::unwrap_used)]
 
+mod common_agent;
 mod common_auth;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common_auth::{ACME, ACME_NS, AuthServer, Enrolled};
-use serde_json::Value;
+use common_agent::{agent_config, agent_fails, agent_ok, json, ps_entry};
+use common_auth::{ACME, ACME_NS, AuthServer};
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, require_tool, workspace_bin};
+use test_support::{Arch, Image, ImageBuilder, require_tool};
 use tests::Containerd;
 
 /// busybox with the applets the test uses, an `/etc/passwd` naming user
@@ -42,92 +42,6 @@ fn busybox_image() -> Image {
         .env("KEPT=image-value")
         .cmd(&["/bin/sh", "-c", "echo default command"])
         .build()
-}
-
-fn agent_config(srv: &AuthServer, node: &Enrolled, ctrd: &Containerd, dir: &Path) -> PathBuf {
-    let toml = format!(
-        r#"data_dir = "{data}"
-metrics_listen = "127.0.0.1:0"
-
-[registry]
-url = "{url}"
-namespace = "{ACME_NS}"
-
-[node]
-auth_url = "https://{node_addr}"
-cert_file = "{node_dir}/node.crt"
-key_file = "{node_dir}/node.key"
-ca_file = "{node_dir}/ca.crt"
-
-[containerd]
-socket = "{socket}"
-namespace = "{ns}"
-snapshotter = "overlayfs"
-root = "{root}"
-
-[pull]
-backoff_base_ms = 50
-backoff_max_ms = 500
-min_free_bytes = 0
-"#,
-        data = dir.join("agent-data").display(),
-        url = srv.url(),
-        node_addr = srv.node_addr,
-        node_dir = node.dir.display(),
-        socket = ctrd.socket().display(),
-        ns = ctrd.namespace(),
-        root = ctrd.root().display(),
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn agent(config: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin("berth-agent"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn agent_ok(config: &Path, args: &[&str]) -> String {
-    let out = agent(config, args);
-    assert!(
-        out.status.success(),
-        "berth-agent {args:?} failed with {}:\nstderr: {}\nstdout: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn agent_fails(config: &Path, args: &[&str]) -> String {
-    let out = agent(config, args);
-    assert!(
-        !out.status.success(),
-        "berth-agent {args:?} should have failed; printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).unwrap()
-}
-
-fn json(config: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(agent_ok(config, args).trim()).unwrap()
-}
-
-/// `ps --json`'s entry for `name`, if listed.
-fn ps_entry(config: &Path, name: &str) -> Option<Value> {
-    json(config, &["ps", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
 }
 
 /// The container ids `ctr containers ls` prints.

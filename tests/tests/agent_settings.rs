@@ -15,9 +15,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common_agent::{agent_config, agent_fails, agent_ok};
+use common_agent::{agent_config, agent_fails, agent_ok, cgroup_dir, json, ps_entry, read_trimmed};
 use common_auth::{ACME, ACME_NS, AuthServer};
-use serde_json::Value;
 use test_support::images::LayerBuilder;
 use test_support::{Arch, Image, ImageBuilder, require_tool};
 use tests::Containerd;
@@ -39,19 +38,6 @@ fn busybox_image() -> Image {
         .layer(base.build())
         .cmd(&["/bin/sh", "-c", "echo default command"])
         .build()
-}
-
-fn json(config: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(agent_ok(config, args).trim()).unwrap()
-}
-
-fn ps_entry(config: &Path, name: &str) -> Option<Value> {
-    json(config, &["ps", "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
 }
 
 /// Runs a container to its end and returns its output (then removes it).
@@ -79,30 +65,6 @@ fn run_to_end(config: &Path, name: &str, flags: &[&str], script: &str) -> String
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The cgroup v1 directory of `pid` for `controller` (as the host sees it).
-fn cgroup_dir(pid: u64, controller: &str) -> std::path::PathBuf {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let line = cgroups
-        .lines()
-        .find(|l| {
-            l.split(':')
-                .nth(1)
-                .is_some_and(|c| c.split(',').any(|c| c == controller))
-        })
-        .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
-    let path = line.splitn(3, ':').nth(2).unwrap();
-    Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/'))
-}
-
-fn read_trimmed(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_owned()
 }
 
 /// `CapEff` of a `/proc/*/status` text.

@@ -10,16 +10,20 @@
 //! show it all.
 #![allow(clippy::unwrap_used)]
 
+mod common_agent;
 mod common_auth;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common_auth::{ACME, ACME_NS, AuthServer, Enrolled};
+use common_agent::{
+    AgentOptions, agent, agent_config_with, agent_ok, cgroup_dir, ps_entry, read_trimmed,
+};
+use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::LayerBuilder;
 use test_support::{Arch, Image, ImageBuilder, require_tool, workspace_bin};
@@ -38,82 +42,6 @@ fn busybox_image() -> Image {
         .layer(LayerBuilder::new().dir("tmp/").build())
         .cmd(&["/bin/sh", "-c", "echo default command"])
         .build()
-}
-
-fn agent_config(srv: &AuthServer, node: &Enrolled, ctrd: &Containerd, dir: &Path) -> PathBuf {
-    let toml = format!(
-        r#"data_dir = "{data}"
-metrics_listen = "127.0.0.1:0"
-
-[registry]
-url = "{url}"
-namespace = "{ACME_NS}"
-
-[node]
-auth_url = "https://{node_addr}"
-cert_file = "{node_dir}/node.crt"
-key_file = "{node_dir}/node.key"
-ca_file = "{node_dir}/ca.crt"
-
-[containerd]
-socket = "{socket}"
-namespace = "{ns}"
-snapshotter = "overlayfs"
-root = "{root}"
-
-[pull]
-backoff_base_ms = 50
-backoff_max_ms = 500
-min_free_bytes = 0
-
-[log]
-level = "info"
-format = "json"
-"#,
-        data = dir.join("agent-data").display(),
-        url = srv.url(),
-        node_addr = srv.node_addr,
-        node_dir = node.dir.display(),
-        socket = ctrd.socket().display(),
-        ns = ctrd.namespace(),
-        root = ctrd.root().display(),
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn agent(config: &Path, args: &[&str]) -> Output {
-    Command::new(workspace_bin("berth-agent"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn agent_ok(config: &Path, args: &[&str]) -> String {
-    let out = agent(config, args);
-    assert!(
-        out.status.success(),
-        "berth-agent {args:?} failed with {}:\nstderr: {}\nstdout: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `ps --json`'s entry for `name`, if listed.
-fn ps_entry(config: &Path, name: &str) -> Option<Value> {
-    let list: Value = serde_json::from_str(agent_ok(config, &["ps", "--json"]).trim()).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
 }
 
 /// Polls `ps` until `pred` holds for `name`'s entry; the entry.
@@ -227,32 +155,6 @@ impl Drop for Daemon {
     }
 }
 
-/// The value of the sample `series` (name and labels, exactly) in an
-/// OpenMetrics text.
-/// The cgroup v1 directory of `pid` for `controller` (as the host sees it).
-fn cgroup_dir(pid: u64, controller: &str) -> PathBuf {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    let line = cgroups
-        .lines()
-        .find(|l| {
-            l.split(':')
-                .nth(1)
-                .is_some_and(|c| c.split(',').any(|c| c == controller))
-        })
-        .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
-    let path = line.splitn(3, ':').nth(2).unwrap();
-    Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(path.trim_start_matches('/'))
-}
-
-fn read_trimmed(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_owned()
-}
-
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -271,7 +173,16 @@ async fn daemon_supervises_services_recurring_and_on_demand_containers() {
     )
     .await;
     let node = srv.enroll("edge-supervisor", ACME, None);
-    let config = agent_config(&srv, &node, &ctrd, srv.files());
+    let config = agent_config_with(
+        &srv,
+        &node,
+        &ctrd,
+        srv.files(),
+        &AgentOptions {
+            log_json: true,
+            ..Default::default()
+        },
+    );
     let log = srv.files().join("daemon.log");
     agent_ok(&config, &["pull", "box:v1", "--json"]);
     // Container ids must be unique on the machine (runc's state and the

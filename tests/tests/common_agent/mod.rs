@@ -1,6 +1,6 @@
-//! Shared set-up of the berth-agent tests (`agent_pull.rs`,
-//! `agent_faults.rs`): the agent's configuration file for an enrolled node,
-//! running the `berth-agent` binary, and reading what containerd holds.
+//! Shared set-up of the berth-agent tests (`agent_*.rs`): the agent's
+//! configuration file for an enrolled node, running the `berth-agent`
+//! binary, and reading what containerd and the kernel hold.
 //!
 //! Each test file compiles this module on its own (next to `common_auth`,
 //! which it builds on) and uses part of it.
@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use serde_json::Value;
 use test_support::workspace_bin;
 use tests::Containerd;
 
@@ -26,6 +27,8 @@ pub struct AgentOptions {
     pub bandwidth_limit_bytes_per_sec: Option<u64>,
     /// `pull.max_attempts` (the agent's default when unset).
     pub max_attempts: Option<u32>,
+    /// JSON log lines (tests that read the daemon's log).
+    pub log_json: bool,
 }
 
 /// The agent's configuration file for `node` against `srv` and `ctrd`.
@@ -49,6 +52,11 @@ pub fn agent_config_with(
         .max_attempts
         .map(|n| format!("max_attempts = {n}\n"))
         .unwrap_or_default();
+    let log = if opts.log_json {
+        "\n[log]\nlevel = \"info\"\nformat = \"json\"\n"
+    } else {
+        ""
+    };
     let toml = format!(
         r#"data_dir = "{data}"
 metrics_listen = "127.0.0.1:0"
@@ -74,7 +82,7 @@ max_parallel_layers = 3
 backoff_base_ms = 50
 backoff_max_ms = 500
 min_free_bytes = {min_free}
-{bandwidth}{attempts}"#,
+{bandwidth}{attempts}{log}"#,
         data = dir.join("agent-data").display(),
         url = opts.registry_url.clone().unwrap_or_else(|| srv.url()),
         node_addr = srv.node_addr,
@@ -131,4 +139,44 @@ pub fn listed_digest(ctrd: &Containerd, name: &str) -> Option<String> {
         .into_iter()
         .find(|(n, _)| n == name)
         .map(|(_, d)| d)
+}
+
+/// The agent's `--json` output of `args`.
+pub fn json(config: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(agent_ok(config, args).trim()).unwrap()
+}
+
+/// `ps --json`'s entry for `name`, if listed.
+pub fn ps_entry(config: &Path, name: &str) -> Option<Value> {
+    json(config, &["ps", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+}
+
+/// The host directory of process `pid`'s cgroup for `controller` (cgroups v1).
+pub fn cgroup_dir(pid: u64, controller: &str) -> PathBuf {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = cgroups
+        .lines()
+        .find(|l| {
+            l.split(':')
+                .nth(1)
+                .is_some_and(|c| c.split(',').any(|c| c == controller))
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
+    let path = line.splitn(3, ':').nth(2).unwrap();
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(path.trim_start_matches('/'))
+}
+
+/// A file's text without surrounding whitespace.
+pub fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
 }
