@@ -37,8 +37,30 @@ pub(crate) fn admin(
     args: &[&str],
     stdin: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
+    admin_with(binary, data_dir, args, stdin, &[])
+}
+
+/// [`admin`] with the server's `BERTH_*` environment, which the CLI reads as
+/// the server does (node enrolment needs the node settings).
+pub(crate) fn admin_env(
+    binary: &Path,
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
+    admin_with(binary, data_dir, args, None, env)
+}
+
+fn admin_with(
+    binary: &Path,
+    data_dir: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
     use std::io::Write as _;
     let mut child = std::process::Command::new(binary)
+        .envs(env.iter().copied())
         .arg("admin")
         .arg("--data-dir")
         .arg(data_dir)

@@ -3,16 +3,19 @@
 //! both with the same client code and the same data, and prints each figure
 //! for both, their ratio, and whether the target from the issue is met.
 //!
-//! Needs the release `berth-server`: `cargo build --release --bins`, then
-//! `cargo run --release -p bench --bin berth-bench -- [options]`. The binary
-//! is looked up beside `berth-bench` (same target directory and profile) or
-//! in `BERTH_BIN_DIR`. `--help` explains every measurement.
+//! Needs the release `berth-server` (and `berth-agent` for the agent
+//! figures): `cargo build --release --bins`, then
+//! `cargo run --release -p bench --bin berth-bench -- [options]`. The
+//! binaries are looked up beside `berth-bench` (same target directory and
+//! profile) or in `BERTH_BIN_DIR`. `--help` explains every measurement.
 //!
 //! Modules: [`blobs`] (push, pull, peak RSS), [`manifests`] (manifest GET
-//! and PUT, tag and catalog listings), [`system`] (dd, /proc, wrk output),
+//! and PUT, tag and catalog listings), [`agent`] (berth-agent beside `ctr
+//! images pull`, its idle RSS and size), [`system`] (dd, /proc, wrk output),
 //! [`registries`] (the two servers as the measurements see them and shared
 //! HTTP checks), [`report`] (table and JSON), [`progress`] (stderr).
 
+mod agent;
 mod auth;
 mod blobs;
 mod manifests;
@@ -48,8 +51,9 @@ figure for both, the ratio berth/distribution, which way is better, the
 target from the issue and whether it is met. Any non-2xx answer aborts the
 run with the registry's error. Progress goes to stderr, results to stdout.
 
-Build first: cargo build --release --bins (berth-server is looked up beside
-this binary, or in BERTH_BIN_DIR). MB means 10^6 bytes, as dd prints it.
+Build first: cargo build --release --bins (berth-server and berth-agent are
+looked up beside this binary, or in BERTH_BIN_DIR). MB means 10^6 bytes, as
+dd prints it.
 
 Measurements (names for --only):
 
@@ -108,9 +112,42 @@ Measurements (names for --only):
                 page (first page, filtered, mid-list), a repository page, and
                 the same through the management API. Target: p99 under 50 ms.
                 Distribution has no portal: berth's figures only.
+  agent-pull    berth-agent beside ctr (containerd 1.6's `ctr images pull`),
+                both pulling by tag and unpacking into containerd (overlayfs)
+                the same two images from one berth-server (accounts on): 5
+                gzip layers of 50 MiB random data, and 1 layer of 250 MiB.
+                Transport, as close as the two clients allow: both fetch
+                manifests and blobs over plain HTTP from the registry
+                endpoint on 127.0.0.1; berth-agent buys its pull token on the
+                node endpoint (mTLS, a node enrolled with `admin node enroll`)
+                with its default pull settings (max_parallel_layers 3;
+                BERTH_AGENT_PULL__* in the environment overrides them), ctr
+                uses `--plain-http --user USER:CREDENTIAL` (it POSTs the OAuth2
+                password grant) with its defaults (all layers at once). Every
+                timed pull runs against a private containerd started for it
+                alone (own root, state and socket; a fresh namespace would not
+                do: containerd shares content across namespaces), so both
+                start from an empty content store and snapshotter; `sync`
+                before each. One untimed pull of each image by each client
+                first (checks the set-up, warms the registry's page cache and
+                both binaries); then max(--runs, 5) rounds, alternating which
+                client goes first. The clock runs from spawning the client to
+                its exit (process start, token, manifest, blobs, unpack, image
+                record). After each pull the image record and one committed
+                snapshot per layer are checked. Median seconds; ratio
+                agent/ctr. Targets: <= 0.7x on 5 layers, <= 1.0x on 1 layer.
+                The notes give each side's client and containerd CPU time.
+  agent-rss     `berth-agent daemon` (this build) with a valid configuration
+                against a private containerd and the bench's berth-server,
+                nothing defined (no pull runs): VmRSS from /proc/<pid>/status
+                5 s after its /healthz first answers (VmHWM in the notes).
+                Target: <= 15 MiB.
+  agent-size    The size of berth-agent after `strip` of a copy (binutils).
+                Target: <= 15 MiB.
 
 --quick shrinks everything for smoke tests: 32 MiB blobs, 1000 tags and
-repositories, a 256 MiB big blob, 500 manifest PUTs, 3 s of wrk.
+repositories, a 256 MiB big blob, 500 manifest PUTs, 3 s of wrk, agent images
+of 5 x 8 MiB and 1 x 40 MiB.
 
 Beside the wall-clock figures, the notes give each server's CPU time (user +
 system, from /proc/<pid>/stat) per operation in the timed runs: on a shared,
@@ -130,6 +167,9 @@ enum Measure {
     Rss,
     Auth,
     Portal,
+    AgentPull,
+    AgentRss,
+    AgentSize,
 }
 
 impl Measure {
@@ -146,7 +186,17 @@ impl Measure {
             Measure::Rss => "rss",
             Measure::Auth => "auth",
             Measure::Portal => "portal",
+            Measure::AgentPull => "agent-pull",
+            Measure::AgentRss => "agent-rss",
+            Measure::AgentSize => "agent-size",
         }
+    }
+
+    fn is_agent(self) -> bool {
+        matches!(
+            self,
+            Measure::AgentPull | Measure::AgentRss | Measure::AgentSize
+        )
     }
 }
 
@@ -224,6 +274,11 @@ fn main() -> ExitCode {
 /// `berth-server` beside this executable (same target dir and profile), or
 /// in `BERTH_BIN_DIR`.
 fn berth_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("berth-server")
+}
+
+/// A binary of this workspace beside this executable, or in `BERTH_BIN_DIR`.
+fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let (dir, origin) = match std::env::var_os("BERTH_BIN_DIR") {
         Some(dir) => (PathBuf::from(dir), "BERTH_BIN_DIR"),
         None => {
@@ -239,10 +294,10 @@ fn berth_binary() -> anyhow::Result<PathBuf> {
             (dir, "berth-bench's own directory")
         }
     };
-    let path = dir.join("berth-server");
+    let path = dir.join(name);
     ensure!(
         path.is_file(),
-        "berth-server not found at {} (from {origin}): run `cargo build --release --bins` \
+        "{name} not found at {} (from {origin}): run `cargo build --release --bins` \
          first, or set BERTH_BIN_DIR to the directory holding it",
         path.display()
     );
@@ -279,7 +334,24 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if selected.contains(&Measure::ManifestGet) {
         find_tool("wrk").context("wrk is required for manifest-get: apt-get install wrk")?;
     }
+    if selected.contains(&Measure::AgentPull) || selected.contains(&Measure::AgentRss) {
+        for (tool, package) in [
+            ("containerd", "containerd"),
+            ("ctr", "containerd"),
+            ("runc", "runc"),
+        ] {
+            find_tool(tool).with_context(|| {
+                format!("{tool} is required for the agent measurements: apt-get install {package}")
+            })?;
+        }
+    }
+    if selected.contains(&Measure::AgentSize) {
+        find_tool("strip").context("strip is required for agent-size: apt-get install binutils")?;
+    }
     let binary = berth_binary()?;
+    if selected.iter().any(|m| m.is_agent()) {
+        workspace_binary("berth-agent")?;
+    }
 
     progress::line("starting berth-server and docker-registry");
     let berth = BerthServer::builder()
@@ -360,6 +432,72 @@ fn cpu_note(measure: &str, op: &str, ms: [f64; 2]) -> String {
         "{measure}: server CPU (user+system) per {op}: berth {:.1} ms, distribution {:.1} ms",
         ms[0], ms[1]
     )
+}
+
+/// The rows and notes of agent-pull or agent-rss.
+async fn agent_measure(
+    m: Measure,
+    setup: &agent::Setup,
+    runs: u32,
+    quick: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    if m == Measure::AgentPull {
+        progress::line(format!(
+            "agent-pull: berth-agent and ctr, {runs} round(s) after a warm-up"
+        ));
+        let (figures, settings) = agent::pull(setup, runs, quick).await?;
+        for f in figures {
+            let target = if f.layers > 1 { 0.7 } else { 1.0 };
+            report.rows.push(
+                Row::new(
+                    "agent-pull",
+                    format!(
+                        "agent pull+unpack, {} ({} MB) (dist. column: ctr images pull)",
+                        f.label,
+                        f.bytes / 1_000_000
+                    ),
+                    "s",
+                    Better::Lower,
+                    (median(&f.agent), median(&f.ctr)),
+                    Target::RatioAtMost(target),
+                )
+                .with_samples(f.agent, f.ctr),
+            );
+            report.notes.push(f.note);
+        }
+        report.notes.push(settings);
+        report.notes.push(format!(
+            "agent-pull: every timed pull in a freshly started private containerd (empty \
+             content store and snapshots), `sync` before it, clock from spawn to exit; one \
+             untimed warm-up pull per image and client; {runs} rounds alternating which \
+             client goes first; berth-server (accounts on) pid {}",
+            setup.server_pid()
+        ));
+    } else {
+        progress::line("agent-rss: berth-agent daemon, idle");
+        let idle = agent::idle_rss(setup).await?;
+        report.rows.push(
+            Row::new(
+                "agent-rss",
+                "berth-agent daemon idle RSS (VmRSS)",
+                "MiB",
+                Better::Lower,
+                (agent::mib(idle.rss), f64::NAN),
+                Target::BerthAtMost(15.0),
+            )
+            .without_ratio(),
+        );
+        report.notes.push(format!(
+            "agent-rss: berth-agent daemon read {:.0} s after /healthz first answered, nothing \
+             defined: VmRSS {:.1} MiB, VmHWM {:.1} MiB; it used {:.2} s of CPU while watched",
+            idle.watched.as_secs_f64(),
+            agent::mib(idle.rss),
+            agent::mib(idle.hwm),
+            idle.idle_cpu.as_secs_f64()
+        ));
+    }
+    Ok(())
 }
 
 fn same_filesystem(paths: &[&Path]) -> anyhow::Result<bool> {
@@ -454,6 +592,17 @@ async fn bench(
     // more samples for the median.
     let listing_runs = runs.max(5);
     let tag_listing_runs = runs.max(21);
+    // A pull takes seconds and each client's order alternates: at least 5
+    // rounds, so that the median is one real pull and each client went first
+    // at least twice.
+    let agent_runs = runs.max(5);
+    // The accounts-on server and enrolled node of the agent measurements,
+    // made on first use and shared by them.
+    let mut agent_setup: Option<agent::Setup> = None;
+    report.header.push(format!(
+        "load average at start: {} (2 cores shared; other work may be running)",
+        agent::load_average()
+    ));
     for &m in selected {
         let step = Instant::now();
         match m {
@@ -766,6 +915,48 @@ async fn bench(
                         .push(format!("portal: {}: median {:.2} ms", f.label, f.median_ms));
                 }
             }
+            Measure::AgentPull | Measure::AgentRss => {
+                if agent_setup.is_none() {
+                    progress::line("agent: berth-server with accounts on, an enrolled node");
+                    agent_setup = Some(agent::Setup::start(
+                        binary,
+                        &workspace_binary("berth-agent")?,
+                    )?);
+                }
+                let setup = agent_setup
+                    .as_ref()
+                    .context("the agent set-up was just made")?;
+                agent_measure(m, setup, agent_runs, cli.quick, &mut report)
+                    .await
+                    .map_err(|e| {
+                        e.context(format!(
+                            "{} failed\n----- berth-server (accounts on) log tail -----\n{}\n-----",
+                            m.name(),
+                            log_tail(&setup.server_log(), 20)
+                        ))
+                    })?;
+            }
+            Measure::AgentSize => {
+                let agent_binary = workspace_binary("berth-agent")?;
+                let (built, stripped) = agent::binary_sizes(&agent_binary)?;
+                report.rows.push(
+                    Row::new(
+                        "agent-size",
+                        "berth-agent binary, stripped",
+                        "MiB",
+                        Better::Lower,
+                        (agent::mib(stripped), f64::NAN),
+                        Target::BerthAtMost(15.0),
+                    )
+                    .without_ratio(),
+                );
+                report.notes.push(format!(
+                    "agent-size: {} is {:.1} MiB as built, {:.1} MiB after strip of a copy",
+                    agent_binary.display(),
+                    agent::mib(built),
+                    agent::mib(stripped)
+                ));
+            }
             Measure::Auth => {
                 let grants = if cli.quick { 300 } else { 2000 };
                 progress::line("auth: token grants and manifest GETs with accounts on and off");
@@ -814,6 +1005,14 @@ async fn bench(
                     (f.auth_cpu_us / f.open_cpu_us - 1.0) * 100.0
                 ));
             }
+        }
+        if m.is_agent() {
+            let load = format!(
+                "{}: load average after it: {}",
+                m.name(),
+                agent::load_average()
+            );
+            report.notes.push(load);
         }
         progress::line(format!(
             "{} done in {:.1} s",

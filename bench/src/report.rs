@@ -25,6 +25,11 @@ pub enum Target {
     BerthAtLeast(f64),
     /// berth's own figure < x (e.g. MiB of peak RSS).
     BerthBelow(f64),
+    /// berth / other ≤ x (times, lower is better: the agent's pull time as
+    /// a fraction of ctr's).
+    RatioAtMost(f64),
+    /// berth's own figure ≤ x (the agent's idle RSS and binary size).
+    BerthAtMost(f64),
 }
 
 impl Target {
@@ -35,6 +40,8 @@ impl Target {
             Target::FasterBy(x) => format!("{x:.0}x faster (<= {:.2}x)", 1.0 / x),
             Target::BerthAtLeast(x) => format!("berth >= {x:.0} {unit}"),
             Target::BerthBelow(x) => format!("berth < {x:.0} {unit}"),
+            Target::RatioAtMost(x) => format!("<= {x:.2}x"),
+            Target::BerthAtMost(x) => format!("berth <= {x:.0} {unit}"),
         }
     }
 }
@@ -102,6 +109,8 @@ impl Row {
             Target::FasterBy(x) => Some(self.distribution / self.berth >= x),
             Target::BerthAtLeast(x) => Some(self.berth >= x),
             Target::BerthBelow(x) => Some(self.berth < x),
+            Target::RatioAtMost(x) => Some(ratio <= x),
+            Target::BerthAtMost(x) => Some(self.berth <= x),
         }
     }
 }
@@ -347,6 +356,18 @@ mod tests {
         assert_eq!(
             r(64.0, 1.0, Target::BerthBelow(64.0), Better::Lower),
             Some(false)
+        );
+        assert_eq!(
+            r(7.0, 10.0, Target::RatioAtMost(0.7), Better::Lower),
+            Some(true)
+        );
+        assert_eq!(
+            r(7.1, 10.0, Target::RatioAtMost(0.7), Better::Lower),
+            Some(false)
+        );
+        assert_eq!(
+            r(15.0, f64::NAN, Target::BerthAtMost(15.0), Better::Lower),
+            Some(true)
         );
         assert_eq!(r(1.0, 1.0, Target::None, Better::Lower), None);
     }

@@ -113,6 +113,18 @@ fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// cutime + cstime (fields 16 and 17) of a `/proc/<pid>/stat` line: the CPU
+/// time of the children the process has waited for.
+pub fn children_cpu_time(text: &str) -> Option<Duration> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (cutime + cstime) as f64 / clock_ticks_per_sec(),
+    ))
+}
+
 fn clock_ticks_per_sec() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -230,6 +242,11 @@ mod tests {
             "1234 (berth (x) server) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 5 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(300));
         assert!(cpu_time(std::process::id()).is_ok());
+        let waited = "1234 (bench) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 50 70 30 20 0 5 0";
+        assert_eq!(
+            children_cpu_time(waited),
+            Some(Duration::from_secs_f64(100.0 / clock_ticks_per_sec()))
+        );
     }
 
     const WRK: &str = "Running 10s test @ http://127.0.0.1:5000/v2/a/manifests/latest

@@ -8,6 +8,7 @@
 //! - [`images`]: byte-for-byte reproducible test images built in memory, and
 //!   OCI image layouts on disk for skopeo and friends.
 //! - [`client`]: a small OCI Distribution API client over reqwest.
+//! - [`containerd`]: a private containerd daemon and `ctr` bound to it.
 //! - [`skopeo`]: skopeo with a private policy and auth file.
 //! - [`assert_eventually!`], [`assert_eventually_async!`] and
 //!   [`init_tracing`] for tests.
@@ -16,6 +17,7 @@
 //! skip, when something they need is missing.
 
 pub mod client;
+pub mod containerd;
 pub mod images;
 pub mod net;
 pub mod servers;
