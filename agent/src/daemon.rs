@@ -63,10 +63,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     ));
     let gc = tokio::spawn(gc_loop(cfg.clone(), stop_rx.clone()));
     tracing::info!(addr = %listener.local_addr()?, "berth-agent daemon running");
+    // Ready for systemd once the endpoint is bound and the supervisor runs
+    // (it reaches containerd on its own, retrying while containerd is down).
+    systemd_notify(&[sd_notify::NotifyState::Ready]);
+    tokio::spawn(watchdog(stop_rx.clone()));
     let mut http_stop = stop_rx;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = http_stop.wait_for(|s| *s).await;
+            systemd_notify(&[sd_notify::NotifyState::Stopping]);
         })
         .await?;
     supervisor.await.context("the supervisor task")?;
@@ -104,6 +109,32 @@ async fn gc_loop(cfg: AgentConfig, mut stop: tokio::sync::watch::Receiver<bool>)
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "image GC pass failed"),
+        }
+    }
+}
+
+/// One message to systemd (`Type=notify`); nothing without `NOTIFY_SOCKET`.
+/// A failure is logged, never fatal: the daemon works without systemd.
+fn systemd_notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "notifying systemd");
+    }
+}
+
+/// `WATCHDOG=1` every half `WATCHDOG_USEC` (systemd's `WatchdogSec=`) until
+/// the shutdown. The pings come from a task of the daemon's own runtime, so
+/// a runtime that stops scheduling tasks stops them, and systemd restarts
+/// the agent (the containers keep running: the shims own them).
+async fn watchdog(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let every = (timeout / 2).max(std::time::Duration::from_millis(10));
+    loop {
+        systemd_notify(&[sd_notify::NotifyState::Watchdog]);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

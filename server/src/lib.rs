@@ -278,6 +278,10 @@ pub async fn run_with(
         data_dir = %cfg.data_dir.display(),
         "berth-server listening"
     );
+    // systemd (Type=notify): ready once every listener is bound and the
+    // stores are open; then watchdog pings, and STOPPING at the shutdown.
+    serve::notify_systemd(&[sd_notify::NotifyState::Ready]);
+    tasks.spawn(serve::systemd_watchdog(shutdown.child_token()));
     serve::serve(listeners.main, app.router, tls, shutdown.clone(), grace).await;
     shutdown.cancel();
     // Background tasks stop at the cancellation; the node endpoint drains

@@ -237,3 +237,30 @@ pub async fn serve_unix(
         });
     }
 }
+
+/// One message to systemd (`Type=notify` units); nothing without
+/// `NOTIFY_SOCKET`. A failure is logged, never fatal: the server works
+/// without systemd.
+pub fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "notifying systemd");
+    }
+}
+
+/// `WATCHDOG=1` every half `WATCHDOG_USEC` (the unit's `WatchdogSec=`)
+/// while the server runs, then `STOPPING=1` when `shutdown` is cancelled.
+/// The pings come from a task of the server's own runtime: a runtime that
+/// no longer schedules tasks stops them, and systemd restarts the server.
+pub async fn systemd_watchdog(shutdown: CancellationToken) {
+    let every = sd_notify::watchdog_enabled().map(|t| (t / 2).max(Duration::from_millis(10)));
+    loop {
+        if every.is_some() {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every.unwrap_or(Duration::MAX)) => {}
+        }
+    }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+}
