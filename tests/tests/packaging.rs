@@ -47,9 +47,8 @@ fn stdout(cmd: &mut Command) -> String {
     String::from_utf8(run(cmd).stdout).unwrap()
 }
 
-/// The .deb files, built on first use: `(package, arch) -> path`.
+/// The .deb files, built on first use.
 struct Debs {
-    _dir: tempfile::TempDir,
     files: Vec<PathBuf>,
 }
 
@@ -76,7 +75,16 @@ fn debs() -> &'static Debs {
         // which must be built first, as for them.
         workspace_bin("berth-agent");
         workspace_bin("berth-server");
-        let dir = tempfile::tempdir().unwrap();
+        // A fixed directory, emptied first: a static is never dropped, so
+        // a temporary directory would be left behind by every run.
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace().join("target"), PathBuf::from)
+            .join("packaging-test");
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => panic!("emptying {}: {e}", dir.display()),
+        }
         let script = workspace().join("packaging/build-debs");
         let started = Instant::now();
         for args in [
@@ -93,18 +101,18 @@ fn debs() -> &'static Debs {
             run(Command::new(&script)
                 .args(args)
                 .args(["--fast", "--out"])
-                .arg(dir.path())
+                .arg(&dir)
                 .current_dir(workspace()));
         }
         eprintln!("packages built in {:?}", started.elapsed());
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "deb"))
             .collect();
         files.sort();
         assert_eq!(files.len(), 4, "{files:?}");
-        Debs { _dir: dir, files }
+        Debs { files }
     })
 }
 
