@@ -36,6 +36,7 @@ pub struct AgentConfig {
     pub pull: PullSettings,
     pub log: LogSettings,
     pub gc: GcSettings,
+    pub network: NetworkSettings,
     /// Local state of the agent (cached tokens are kept in memory only;
     /// this is for what must survive restarts).
     pub data_dir: PathBuf,
@@ -134,6 +135,32 @@ impl Default for GcSettings {
     }
 }
 
+/// The bridge network of containers run with `--network bridge` (or
+/// `--publish`), set up by the standard CNI plugins.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// Where the CNI plugins are looked for, in order (Debian's
+    /// containernetworking-plugins installs into /usr/lib/cni).
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// The host's bridge interface.
+    pub bridge: String,
+    /// The containers' IPv4 subnet; the bridge takes its first address.
+    pub subnet: String,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            cni_bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            bridge: "berth0".into(),
+            // Outside Docker's 172.17/16 and podman's 10.88/16, so a box
+            // running either keeps working.
+            subnet: "10.87.0.0/16".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
@@ -152,6 +179,7 @@ impl Default for AgentConfig {
             pull: PullSettings::default(),
             log: LogSettings::default(),
             gc: GcSettings::default(),
+            network: NetworkSettings::default(),
             data_dir: PathBuf::from("/var/lib/berth-agent"),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
         }
@@ -350,6 +378,15 @@ impl AgentConfig {
             && self.gc.high_disk_percent <= 100)
         {
             problems.push("gc.low_disk_percent / high_disk_percent: need low < high <= 100".into());
+        }
+        if let Err(e) = crate::runtime::network::Subnet::parse(&self.network.subnet) {
+            problems.push(format!("network.subnet: {e}"));
+        }
+        if !crate::runtime::network::valid_interface_name(&self.network.bridge) {
+            problems.push(format!(
+                "network.bridge: {:?} is not an interface name (1-15 of a-z, 0-9, `-`, `_`, `.`)",
+                self.network.bridge
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             problems.push(format!(

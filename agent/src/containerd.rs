@@ -56,6 +56,29 @@ impl ContainerdError {
             _ => None,
         }
     }
+
+    /// containerd went away (restarted, upgraded, socket gone) rather
+    /// than refusing the call: worth waiting for. tonic reconnects the
+    /// channel on the next call; a stream cut by the restart ends as
+    /// `Unavailable`, `Cancelled` or a transport error, or as a send into
+    /// a closed stream.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ContainerdError::Connect { .. } | ContainerdError::Protocol(_) => true,
+            ContainerdError::Call { status, .. } => match status.code() {
+                Code::Unavailable | Code::Cancelled => true,
+                // containerd's own failures are `Unknown` too; only the
+                // transport's count here.
+                Code::Unknown => {
+                    let m = status.message().to_ascii_lowercase();
+                    ["transport", "h2 protocol", "connection", "broken pipe"]
+                        .iter()
+                        .any(|t| m.contains(t))
+                }
+                _ => false,
+            },
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, ContainerdError>;
@@ -567,6 +590,15 @@ impl ContentWriter {
     }
 
     /// Appends `data` at the current offset.
+    /// Makes the next write go to offset 0, which containerd takes as
+    /// "truncate the ingest first". For an ingest holding bytes this
+    /// process cannot vouch for: after a containerd restart cut a write
+    /// short, an abort does not remove the data of an ingest that names its
+    /// expected digest, and the next writer finds them again.
+    pub fn start_over(&mut self) {
+        self.offset = 0;
+    }
+
     pub async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
         let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
         let req = WriteContentRequest {

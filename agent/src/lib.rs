@@ -20,6 +20,8 @@
 
 pub mod config;
 pub mod containerd;
+pub mod filelock;
+pub mod fsutil;
 pub mod gc;
 pub mod identity;
 pub mod platform;

@@ -762,6 +762,16 @@ struct SettingsArgs {
     /// emptied when full). Needs --log-max-size.
     #[arg(long, value_name = "N")]
     log_max_files: Option<u32>,
+    /// `host` (the host's network, the default), `bridge` (its own
+    /// address on the agent's bridge, `network.subnet`, NAT outwards) or
+    /// `none` (loopback only). `bridge` and `none` need the CNI plugins
+    /// (package containernetworking-plugins).
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
+    /// `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`: forward a host port
+    /// to the container (implies `--network bridge`); repeatable.
+    #[arg(long = "publish", short = 'p', value_name = "PORTS")]
+    publish: Vec<String>,
 }
 
 impl SettingsArgs {
@@ -804,6 +814,15 @@ impl SettingsArgs {
             }
             settings.log.max_files = files;
         }
+        for p in &self.publish {
+            settings.ports.push(settings::parse_port(p)?);
+        }
+        settings.network = match &self.network {
+            Some(mode) => settings::NetworkMode::parse(mode)?,
+            // Publishing a port only makes sense on the bridge.
+            None if !settings.ports.is_empty() => settings::NetworkMode::Bridge,
+            None => settings::NetworkMode::Host,
+        };
         settings.validate()?;
         Ok(settings)
     }

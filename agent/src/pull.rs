@@ -6,9 +6,10 @@
 //! containerd's content store while hashed, resumed with Range requests
 //! after a cut and retried with backoff; write config, manifest and index
 //! with their GC labels; unpack (Prepare / Apply / diff_id check / Commit);
-//! create the image record; delete the lease. Blobs are locked per digest
-//! in the process, so two pulls sharing content download it once: the
-//! second finds it in containerd.
+//! create the image record; delete the lease. Blobs and snapshots are
+//! locked per digest, in the process and across the node's agent
+//! processes ([`crate::filelock`]), so two pulls sharing content download
+//! and unpack it once: the second finds it in containerd.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +36,9 @@ const WRITE_CHUNK: usize = 1 << 20;
 const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest manifest or config read into memory.
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// How long a pull waits for containerd to come back (a restart takes
+/// seconds; longer is a broken node, better reported).
+const CONTAINERD_RETRY_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why a pull failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +172,8 @@ pub struct Puller {
     disk_path: std::path::PathBuf,
     min_free: u64,
     locks: Locks,
+    /// Where the locks shared with the node's other agent processes live.
+    lock_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Puller {
@@ -223,11 +229,32 @@ impl Puller {
             disk_path: cfg.containerd.root.clone(),
             min_free: cfg.pull.min_free_bytes,
             locks: Locks::default(),
+            lock_dir: cfg.data_dir.join("locks"),
         })
     }
 
     pub fn containerd(&self) -> &Containerd {
         &self.containerd
+    }
+
+    /// The node-wide lock of `key` (after this process's own lock of the
+    /// same key, so a process waits on the file at most once per key).
+    async fn node_lock(&self, key: &str) -> Result<crate::filelock::FileLock, PullError> {
+        let name: String = key
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        crate::filelock::FileLock::acquire_async(&self.lock_dir, &format!("{name}.lock"))
+            .await
+            .map_err(|e| {
+                PullError::Other(format!("locking {key} in {}: {e}", self.lock_dir.display()))
+            })
     }
 
     /// Resolves a reference as typed on the box.
@@ -384,23 +411,51 @@ impl Puller {
         // finds everything in containerd and only refreshes the record.
         let image_lock = self.locks.get(&format!("image:{manifest_digest}"));
         let _image_held = image_lock.lock().await;
-        let lease = self.containerd.create_lease(LEASE_TTL).await?;
-        let result = self
-            .import(
-                &image,
-                &lease,
-                index.as_ref(),
-                (&manifest_bytes, &manifest_digest, &manifest_media),
-                &config_ref,
-                &layers,
-                &progress,
-            )
-            .await;
-        if let Err(e) = self.containerd.delete_lease(&lease).await {
-            // It expires by itself; a leaked lease only delays GC.
-            tracing::warn!(%lease, error = %e, "could not delete the pull's lease");
+        // containerd restarting under a pull (an upgrade, a crash) is
+        // waited out: the import starts over on the reconnected channel,
+        // finds the blobs committed before the restart, and downloads
+        // again only what was in flight.
+        let started = std::time::Instant::now();
+        let mut attempt = 0u32;
+        let mut stale_leases = Vec::new();
+        // Across attempts: what an attempt cut short committed stays.
+        let downloaded = std::sync::atomic::AtomicU64::new(0);
+        let imported = loop {
+            let result = self
+                .import_leased(
+                    &image,
+                    index.as_ref(),
+                    (&manifest_bytes, &manifest_digest, &manifest_media),
+                    &config_ref,
+                    &layers,
+                    &progress,
+                    &downloaded,
+                    &mut stale_leases,
+                )
+                .await;
+            match result {
+                Err(PullError::Containerd(e))
+                    if e.is_unavailable() && started.elapsed() < CONTAINERD_RETRY_WINDOW =>
+                {
+                    attempt += 1;
+                    progress(Progress::Retry {
+                        digest: manifest_digest.clone(),
+                        attempt,
+                        error: e.to_string(),
+                    });
+                    tracing::warn!(attempt, error = %e, "containerd unavailable; retrying the import");
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                }
+                other => break other,
+            }
+        };
+        for lease in stale_leases {
+            if let Err(e) = self.containerd.delete_lease(&lease).await {
+                tracing::warn!(%lease, error = %e, "could not delete the pull's lease");
+            }
         }
-        let downloaded = result?;
+        imported?;
+        let downloaded = downloaded.into_inner();
         let target_digest = match &index {
             Some((_, d, _, _)) => d.clone(),
             None => manifest_digest.clone(),
@@ -413,12 +468,43 @@ impl Puller {
             manifest: manifest_digest,
             platform: self.platform.to_string(),
             layers: layers.len(),
-            downloaded: u64::try_from(downloaded).unwrap_or(0),
+            downloaded,
         })
     }
 
-    /// Everything under the lease: blobs, unpack, image record. Returns
-    /// the bytes downloaded.
+    /// [`Puller::import`] under a lease of its own.
+    #[allow(clippy::too_many_arguments)]
+    async fn import_leased(
+        &self,
+        image: &ImageRef,
+        index: Option<&(Bytes, String, String, usize)>,
+        manifest: (&Bytes, &String, &String),
+        config: &BlobRef,
+        layers: &[BlobRef],
+        progress: &ProgressFn,
+        downloaded: &std::sync::atomic::AtomicU64,
+        stale_leases: &mut Vec<String>,
+    ) -> Result<(), PullError> {
+        let lease = self.containerd.create_lease(LEASE_TTL).await?;
+        let result = self
+            .import(
+                image, &lease, index, manifest, config, layers, progress, downloaded,
+            )
+            .await;
+        if let Err(e) = self.containerd.delete_lease(&lease).await {
+            if e.is_unavailable() {
+                // containerd is restarting: deleted after the retry.
+                stale_leases.push(lease);
+            } else {
+                // It expires by itself; a leaked lease only delays GC.
+                tracing::warn!(%lease, error = %e, "could not delete the pull's lease");
+            }
+        }
+        result
+    }
+
+    /// Everything under the lease: blobs, unpack, image record; the bytes
+    /// downloaded are added to `downloaded` blob by blob.
     #[allow(clippy::too_many_arguments)]
     async fn import(
         &self,
@@ -429,7 +515,8 @@ impl Puller {
         config: &BlobRef,
         layers: &[BlobRef],
         progress: &ProgressFn,
-    ) -> Result<i64, PullError> {
+        downloaded: &std::sync::atomic::AtomicU64,
+    ) -> Result<(), PullError> {
         let source_label = (
             format!("containerd.io/distribution.source.{}", image.registry),
             image.repository.clone(),
@@ -479,15 +566,68 @@ impl Puller {
                 )])),
             })
             .collect();
-        let downloaded: Vec<Result<u64, PullError>> = futures::stream::iter(jobs)
-            .map(|job| async move { self.fetch_blob(image, lease, &job, progress).await })
-            .buffer_unordered(self.parallel)
-            .collect()
-            .await;
-        let mut total = 0u64;
-        for r in downloaded {
-            total += r?;
-        }
+        // Downloads start in manifest order, so the lowest layers finish
+        // first; each layer is unpacked as soon as it and every layer below
+        // it are in the content store, while the later ones still download
+        // (unpacking after the last download, as ctr 1.6 does, leaves the
+        // network idle during every Diff.Apply and containerd's disk idle
+        // during the downloads).
+        let (done_tx, mut done_rx) =
+            futures::channel::mpsc::unbounded::<(usize, Result<u64, PullError>)>();
+        let downloads = async move {
+            futures::stream::iter(jobs.iter().enumerate())
+                .for_each_concurrent(self.parallel, |(i, job)| {
+                    let done = done_tx.clone();
+                    async move {
+                        let r = self.fetch_blob(image, lease, job, progress).await;
+                        // The receiver outlives every download (it drains
+                        // until all senders are gone).
+                        let _ = done.unbounded_send((i, r));
+                    }
+                })
+                .await;
+        };
+        let unpacking = async {
+            let mut ready = vec![false; layers.len()];
+            let mut failed: Option<PullError> = None;
+            let mut next = 0;
+            let mut parent = String::new();
+            while let Some((i, r)) = done_rx.next().await {
+                match r {
+                    Ok(n) => {
+                        downloaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        ready[i] = true;
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+                // After a failure the remaining downloads still run to
+                // their end (as before): nothing is cancelled mid-write.
+                while failed.is_none() && next < layers.len() && ready[next] {
+                    if let Err(e) = self
+                        .unpack_layer(lease, next, layers, &diff_ids, &chain, &parent, progress)
+                        .await
+                    {
+                        failed = Some(e);
+                        break;
+                    }
+                    parent.clone_from(&chain[next]);
+                    next += 1;
+                }
+            }
+            match failed {
+                Some(e) => Err(e),
+                None if next < layers.len() => Err(PullError::Other(format!(
+                    "{} of {} layers unpacked",
+                    next,
+                    layers.len()
+                ))),
+                None => Ok(()),
+            }
+        };
+        let ((), unpacked) = futures::join!(downloads, unpacking);
+        unpacked?;
 
         // Config, manifest, index: with the labels that make GC follow
         // them to their children.
@@ -529,9 +669,6 @@ impl Puller {
                 .await?;
         }
 
-        self.unpack(lease, layers, &diff_ids, &chain, progress)
-            .await?;
-
         let target = match index {
             Some((b, d, m, _)) => Descriptor {
                 media_type: m.clone(),
@@ -549,7 +686,7 @@ impl Puller {
         self.containerd
             .put_image(&image.image_name(), target)
             .await?;
-        Ok(i64::try_from(total).unwrap_or(i64::MAX))
+        Ok(())
     }
 
     fn check_disk(&self, need: u64) -> Result<(), PullError> {
@@ -658,6 +795,9 @@ impl Puller {
     ) -> Result<(), PullError> {
         let lock = self.locks.get(&blob.digest);
         let _held = lock.lock().await;
+        // The ingest ref is per digest: another agent process writing the
+        // same blob must not abort this one's ingest.
+        let _node_held = self.node_lock(&blob.digest).await?;
         if self.containerd.content_info(&blob.digest).await?.is_some() {
             self.containerd
                 .lease_resource(lease, &blob.digest, "content")
@@ -676,6 +816,8 @@ impl Puller {
             Err(e) if e.code() == Some(Code::AlreadyExists) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
+        // From offset 0 whatever the ingest holds (see `start_over`).
+        w.start_over();
         w.write(data).await?;
         match w.commit(labels).await {
             Ok(()) => Ok(()),
@@ -695,6 +837,9 @@ impl Puller {
         let blob = &job.blob;
         let lock = self.locks.get(&blob.digest);
         let _held = lock.lock().await;
+        // Another agent process (the daemon, a CLI pull) may be
+        // downloading it: wait, then find it in containerd.
+        let _node_held = self.node_lock(&blob.digest).await?;
         progress(Progress::BlobStarted {
             digest: blob.digest.clone(),
             size: blob.size,
@@ -727,12 +872,11 @@ impl Puller {
             .writer(lease, &ingest, &blob.digest, blob.size)
             .await?;
         let mut hasher = Sha256::new();
-        let mut written = writer.offset();
-        if written != 0 {
-            return Err(PullError::Other(format!(
-                "containerd kept {written} bytes of the aborted ingest {ingest}"
-            )));
+        if writer.offset() != 0 {
+            tracing::debug!(%ingest, kept = writer.offset(), "ingest not emptied by the abort; truncating");
+            writer.start_over();
         }
+        let mut written = 0u64;
         let mut attempt = 0u32;
         while written < blob.size {
             let before = written;
@@ -851,64 +995,65 @@ impl Puller {
         Ok(written)
     }
 
-    /// Applies the layers in order onto their chain of snapshots.
-    async fn unpack(
+    /// Applies layer `i` onto `parent` (the chain id of the layers below
+    /// it, empty for the first) as the snapshot `chain[i]`.
+    #[allow(clippy::too_many_arguments)]
+    async fn unpack_layer(
         &self,
         lease: &str,
+        i: usize,
         layers: &[BlobRef],
         diff_ids: &[String],
         chain: &[String],
+        parent: &str,
         progress: &ProgressFn,
     ) -> Result<(), PullError> {
         let snapshot_kind = format!("snapshots/{}", self.containerd.snapshotter());
-        let mut parent = String::new();
-        for (i, layer) in layers.iter().enumerate() {
-            progress(Progress::Unpacking {
-                layer: i + 1,
-                of: layers.len(),
-            });
-            let chain_id = &chain[i];
-            let lock = self.locks.get(&format!("snapshot:{chain_id}"));
-            let _held = lock.lock().await;
-            if self.containerd.snapshot_exists(chain_id).await? {
-                self.containerd
-                    .lease_resource(lease, chain_id, &snapshot_kind)
-                    .await?;
-                parent.clone_from(chain_id);
-                continue;
-            }
-            let key = format!("extract-{}-{chain_id}", uuid::Uuid::new_v4());
-            let mounts = self.containerd.prepare(lease, &key, &parent).await?;
-            let desc = Descriptor {
-                media_type: layer.media_type.clone(),
-                digest: layer.digest.clone(),
-                size: layer.size as i64,
-                annotations: HashMap::new(),
-            };
-            let applied = match self.containerd.apply(lease, desc, mounts).await {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = self.containerd.remove_snapshot(&key).await;
-                    return Err(e.into());
-                }
-            };
-            if applied != diff_ids[i] {
+        let layer = &layers[i];
+        progress(Progress::Unpacking {
+            layer: i + 1,
+            of: layers.len(),
+        });
+        let chain_id = &chain[i];
+        let lock = self.locks.get(&format!("snapshot:{chain_id}"));
+        let _held = lock.lock().await;
+        let _node_held = self.node_lock(&format!("snapshot:{chain_id}")).await?;
+        if self.containerd.snapshot_exists(chain_id).await? {
+            self.containerd
+                .lease_resource(lease, chain_id, &snapshot_kind)
+                .await?;
+            return Ok(());
+        }
+        let key = format!("extract-{}-{chain_id}", uuid::Uuid::new_v4());
+        let mounts = self.containerd.prepare(lease, &key, parent).await?;
+        let desc = Descriptor {
+            media_type: layer.media_type.clone(),
+            digest: layer.digest.clone(),
+            size: layer.size as i64,
+            annotations: HashMap::new(),
+        };
+        let applied = match self.containerd.apply(lease, desc, mounts).await {
+            Ok(d) => d,
+            Err(e) => {
                 let _ = self.containerd.remove_snapshot(&key).await;
-                return Err(PullError::DiffId {
-                    layer: layer.digest.clone(),
-                    expected: diff_ids[i].clone(),
-                    actual: applied,
-                });
+                return Err(e.into());
             }
-            match self.containerd.commit(lease, chain_id, &key).await {
-                Ok(()) => {}
-                // Another process committed the same chain meanwhile.
-                Err(e) if e.code() == Some(Code::AlreadyExists) => {
-                    let _ = self.containerd.remove_snapshot(&key).await;
-                }
-                Err(e) => return Err(e.into()),
+        };
+        if applied != diff_ids[i] {
+            let _ = self.containerd.remove_snapshot(&key).await;
+            return Err(PullError::DiffId {
+                layer: layer.digest.clone(),
+                expected: diff_ids[i].clone(),
+                actual: applied,
+            });
+        }
+        match self.containerd.commit(lease, chain_id, &key).await {
+            Ok(()) => {}
+            // Another process committed the same chain meanwhile.
+            Err(e) if e.code() == Some(Code::AlreadyExists) => {
+                let _ = self.containerd.remove_snapshot(&key).await;
             }
-            parent.clone_from(chain_id);
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }

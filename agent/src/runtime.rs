@@ -24,12 +24,16 @@
 //! `rm`), memory and CPU limits are parsed and validated in [`settings`]
 //! and become OCI spec fields in [`spec`].
 //!
-//! **Network.** Containers share the host's network namespace for now (no
-//! CNI yet, so no port mappings); they get the host's `/etc/resolv.conf`
-//! and `/etc/hosts` read-only.
+//! **Network.** By default containers share the host's network namespace
+//! and get the host's `/etc/resolv.conf` and `/etc/hosts` read-only. With
+//! `--network bridge` (implied by `--publish`) or `none` runc gives them a
+//! namespace of their own, which [`network`] attaches through the CNI
+//! plugins between task create and start, and detaches once the task has
+//! ended; they get a generated `/etc/hosts` naming their address.
 
 pub mod calls;
 pub mod logcopy;
+pub mod network;
 pub mod settings;
 pub mod spec;
 
@@ -67,6 +71,11 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Label with the named volumes a container uses, comma-separated, so
 /// `volumes` can say which containers use a volume without parsing specs.
 pub const VOLUMES_LABEL: &str = "io.berth.agent/volumes";
+/// Label with the container's network mode (absent: host).
+pub const NETWORK_LABEL: &str = "io.berth.agent/network";
+/// Label with the published ports, comma-separated, so a second `run`
+/// can refuse a host port already taken without reading every spec.
+pub const PORTS_LABEL: &str = "io.berth.agent/ports";
 
 /// Why a runtime operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +158,12 @@ pub struct ContainerInfo {
     pub pid: Option<u32>,
     /// Set once the task has exited.
     pub exit_status: Option<u32>,
+    /// `host`, `bridge` or `none`.
+    pub network: String,
+    /// The address on the bridge while the container is attached.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// `[HOST_IP:]HOST_PORT:CONTAINER_PORT/PROTO`.
+    pub ports: Vec<String>,
 }
 
 /// How a `stop` ended.
@@ -214,6 +229,8 @@ impl Runtime {
         if self.containerd.container(&req.name).await?.is_some() {
             return Err(RuntimeError::Exists(req.name.clone()));
         }
+        self.check_ports_free(&req.name, &req.overrides.settings.ports)
+            .await?;
         let (target, pulled) = match self.containerd.image_target(&image_name).await? {
             Some(t) => (t, false),
             None => {
@@ -261,10 +278,7 @@ impl Runtime {
         // `create` cleans up after itself: a failure there may be another
         // `run` of the same name winning the race, whose objects must stay.
         let rootfs = created?;
-        match self
-            .start(&req.name, rootfs, &req.overrides.settings.log)
-            .await
-        {
+        match self.start(&req.name, rootfs, &req.overrides).await {
             Ok((pid, log)) => Ok(Started {
                 name: req.name.clone(),
                 image: image_name,
@@ -343,11 +357,17 @@ impl Runtime {
             },
             capabilities: settings::current_bounding_set(),
         };
+        let network = req.overrides.settings.network;
+        let host_files = if network == settings::NetworkMode::Host {
+            spec::host_network_files()
+        } else {
+            self.own_network_files(&req.name, hostname)?
+        };
         let oci = spec::build_with(
             &plan,
             hostname,
             &cgroups,
-            &spec::host_network_files(),
+            &host_files,
             &req.overrides.settings,
             &host,
         )?;
@@ -367,6 +387,14 @@ impl Runtime {
         let volumes = req.overrides.settings.volume_names();
         if !volumes.is_empty() {
             labels.insert(VOLUMES_LABEL.to_owned(), volumes.join(","));
+        }
+        if network != settings::NetworkMode::Host {
+            labels.insert(NETWORK_LABEL.to_owned(), network.as_str().to_owned());
+        }
+        let ports = &req.overrides.settings.ports;
+        if !ports.is_empty() {
+            let list: Vec<String> = ports.iter().map(ToString::to_string).collect();
+            labels.insert(PORTS_LABEL.to_owned(), list.join(","));
         }
         self.containerd
             .create_container(
@@ -450,8 +478,9 @@ impl Runtime {
         &self,
         name: &str,
         rootfs: Vec<Mount>,
-        limits: &settings::LogLimits,
+        overrides: &spec::Overrides,
     ) -> Result<(u32, PathBuf)> {
+        let limits = &overrides.settings.log;
         let log = self.log_path(name);
         let dir = log.parent().unwrap_or(Path::new("/"));
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -489,8 +518,161 @@ impl Runtime {
                 let _ = copier.wait();
             });
         }
+        if overrides.settings.network != settings::NetworkMode::Host {
+            let hostname = overrides.hostname.as_deref().unwrap_or(name);
+            self.attach_network(name, hostname, &overrides.settings)
+                .await?;
+        }
         let pid = self.containerd.start_task(name).await?;
         Ok((pid, log))
+    }
+
+    /// `/etc/hosts` (generated) and `/etc/resolv.conf` for a container
+    /// with a network namespace of its own.
+    fn own_network_files(&self, name: &str, hostname: &str) -> Result<Vec<spec::HostFile>> {
+        let dir = self.container_dir(name)?;
+        let hosts = dir.join("hosts");
+        write_atomic(&hosts, network::hosts_file(hostname, None).as_bytes())?;
+        let mut files = vec![spec::HostFile {
+            source: hosts,
+            target: "/etc/hosts".into(),
+        }];
+        if let Some(resolv) = network::resolv_conf_source() {
+            files.push(spec::HostFile {
+                source: resolv,
+                target: "/etc/resolv.conf".into(),
+            });
+        }
+        Ok(files)
+    }
+
+    /// `<data_dir>/containers/<name>`, created, absolute (the shim and
+    /// runc resolve paths on their own).
+    fn container_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.cfg.data_dir.join("containers").join(name);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        std::fs::canonicalize(&dir).map_err(io_err(&dir))
+    }
+
+    fn network_state_path(&self, name: &str) -> PathBuf {
+        self.cfg
+            .data_dir
+            .join("containers")
+            .join(name)
+            .join("network.json")
+    }
+
+    /// The CNI container id: containerd's namespace keeps two agents'
+    /// containers of one name apart on one host.
+    fn cni_id(&self, name: &str) -> String {
+        format!("{}-{name}", self.containerd.namespace())
+    }
+
+    /// Attaches the created task's network namespace (CNI ADD), records
+    /// the attachment for the detach, and names the address in the
+    /// container's `/etc/hosts`.
+    async fn attach_network(
+        &self,
+        name: &str,
+        hostname: &str,
+        settings: &settings::Settings,
+    ) -> Result<()> {
+        // A crash may have left the attachment of an earlier task.
+        self.release_network(name).await;
+        let pid = self
+            .containerd
+            .task(name)
+            .await?
+            .map(|p| p.pid)
+            .filter(|pid| *pid > 0)
+            .ok_or_else(|| RuntimeError::Invalid(format!("container {name}: no task to attach")))?;
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let cni = network::Cni::new(&self.cfg.network, &self.cfg.data_dir)?;
+        let state = self.network_state_path(name);
+        let attachment = cni
+            .attach(
+                &self.cni_id(name),
+                &netns,
+                settings.network,
+                &settings.ports,
+            )
+            .await?;
+        let json = serde_json::to_vec(&attachment)
+            .map_err(|e| RuntimeError::Invalid(format!("recording the network: {e}")))?;
+        if let Err(e) = write_atomic(&state, &json) {
+            // Without the record nothing would ever detach it.
+            let _ = cni.detach(&self.cni_id(name), &attachment).await;
+            return Err(e);
+        }
+        let hosts = self.container_dir(name)?.join("hosts");
+        // In place, not by rename: the container has the file's inode
+        // bind-mounted already.
+        std::fs::write(&hosts, network::hosts_file(hostname, attachment.address))
+            .map_err(io_err(&hosts))?;
+        Ok(())
+    }
+
+    /// Detaches the network of a container whose task has ended (CNI DEL:
+    /// its address, port forwards and firewall rules). Failures are
+    /// logged: they leave rules behind, which the next attach of the name
+    /// retries, and must not keep a container from being stopped or
+    /// removed.
+    async fn release_network(&self, name: &str) {
+        let state = self.network_state_path(name);
+        let bytes = match std::fs::read(&state) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(container = name, error = %e, "reading the network record");
+                return;
+            }
+        };
+        let attachment: network::Attachment = match serde_json::from_slice(&bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(container = name, error = %e, "unreadable network record; dropped");
+                let _ = std::fs::remove_file(&state);
+                return;
+            }
+        };
+        let result = match network::Cni::new(&self.cfg.network, &self.cfg.data_dir) {
+            Ok(cni) => cni.detach(&self.cni_id(name), &attachment).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&state);
+            }
+            Err(e) => tracing::warn!(container = name, error = %e, "detaching the network"),
+        }
+    }
+
+    /// Refuses host ports another container of the namespace publishes
+    /// (running or not: it gets them back when it starts again).
+    async fn check_ports_free(&self, name: &str, ports: &[settings::PortMapping]) -> Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        for c in self.containerd.list_containers().await? {
+            let Some(theirs) = c.labels.get(PORTS_LABEL) else {
+                continue;
+            };
+            for p in ports {
+                let clash = theirs
+                    .split(',')
+                    .filter_map(|t| settings::parse_port(t).ok())
+                    .any(|t| t.host_port == p.host_port && t.protocol == p.protocol);
+                if clash && c.id != name {
+                    return Err(RuntimeError::Invalid(format!(
+                        "host port {}/{} is already published by container {}",
+                        p.host_port,
+                        p.protocol.as_str(),
+                        c.id
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Best effort removal after a failed run: a failed `run` leaves
@@ -498,6 +680,7 @@ impl Runtime {
     async fn cleanup(&self, name: &str) {
         let _ = self.containerd.kill_task(name, 9, true).await;
         let _ = self.containerd.delete_task(name).await;
+        self.release_network(name).await;
         let _ = self.containerd.delete_container(name).await;
         let snapshotter = self.containerd.snapshotter().to_owned();
         let _ = self.containerd.remove_snapshot_of(&snapshotter, name).await;
@@ -596,7 +779,22 @@ impl Runtime {
                     Status::Unknown => ("unknown", None, None),
                 },
             };
+            let address = std::fs::read(self.network_state_path(&c.id))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<network::Attachment>(&b).ok())
+                .and_then(|a| a.address);
             out.push(ContainerInfo {
+                network: c
+                    .labels
+                    .get(NETWORK_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| "host".into()),
+                ports: c
+                    .labels
+                    .get(PORTS_LABEL)
+                    .map(|l| l.split(',').map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                address,
                 name: c.id,
                 image: c.image,
                 state: state.to_owned(),
@@ -622,6 +820,14 @@ impl Runtime {
     /// timeout, given to `run`). The task stays, stopped, so `ps` shows
     /// the exit status; `rm` deletes it.
     pub async fn stop(&self, name: &str, timeout: Option<Duration>) -> Result<Stopped> {
+        let stopped = self.stop_task(name, timeout).await?;
+        // The task has ended: its network namespace is gone, and its
+        // address and port forwards go with it.
+        self.release_network(name).await;
+        Ok(stopped)
+    }
+
+    async fn stop_task(&self, name: &str, timeout: Option<Duration>) -> Result<Stopped> {
         validate_name(name)?;
         let Some(container) = self.containerd.container(name).await? else {
             return Err(RuntimeError::NoContainer(name.to_owned()));
@@ -718,6 +924,7 @@ impl Runtime {
             }
             self.containerd.delete_task(name).await?;
         }
+        self.release_network(name).await;
         self.containerd.delete_container(name).await?;
         // The container record was what kept the snapshot; remove it now
         // rather than wait for GC.
@@ -733,6 +940,10 @@ impl Runtime {
             Err(e) => Err(io_err(&dir)(e)),
         }
     }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::fsutil::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 /// Starts `berth-agent log-copier` (this same executable) on `fifo`,

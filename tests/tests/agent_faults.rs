@@ -10,6 +10,15 @@
 //!   containerd holds neither the corrupt blob, nor an ingest, nor a lease;
 //!   a later clean pull succeeds;
 //!
+//! - it drops every connection for a while (the registry is down): the
+//!   pull retries with backoff and succeeds once it is back;
+//! - it only watches while two agent processes pull the same image at
+//!   once: each layer crosses it once;
+//!
+//! containerd restarted (SIGTERM, start again on the same socket and
+//! state) in the middle of a pull: the agent waits for it and finishes,
+//! with exactly the pushed bytes in containerd;
+//!
 //! and without a proxy's fault: a pull that would leave less than
 //! `pull.min_free_bytes` is refused before any blob is downloaded, and
 //! `pull.bandwidth_limit_bytes_per_sec` really slows a pull down.
@@ -46,6 +55,9 @@ enum Fault {
     /// Invert byte `at` of every full (200) body of `digest` while set: a
     /// corrupting middlebox.
     Flip { digest: String, at: u64 },
+    /// Close every connection at once, unanswered, while set: a registry
+    /// that is down behind its load balancer.
+    Down,
 }
 
 /// One request through the proxy and what became of its response.
@@ -72,6 +84,8 @@ struct Shared {
     fault: Mutex<Option<Fault>>,
     log: Mutex<Vec<Exchange>>,
     connections: AtomicUsize,
+    /// Connections closed unanswered by [`Fault::Down`].
+    dropped: AtomicUsize,
 }
 
 /// A TCP proxy on an ephemeral port in front of `upstream`, speaking just
@@ -109,6 +123,11 @@ impl Proxy {
                         _ = &mut stopped => break,
                         accepted = listener.accept() => {
                             let Ok((client, _)) = accepted else { continue };
+                            if matches!(*s.fault.lock().unwrap(), Some(Fault::Down)) {
+                                s.dropped.fetch_add(1, Ordering::SeqCst);
+                                drop(client);
+                                continue;
+                            }
                             let s = s.clone();
                             tokio::spawn(async move {
                                 // A failed exchange is the agent's problem
@@ -157,6 +176,10 @@ impl Proxy {
 
     fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    fn dropped(&self) -> usize {
+        self.shared.dropped.load(Ordering::SeqCst)
     }
 }
 
@@ -579,4 +602,181 @@ async fn the_bandwidth_limit_slows_the_pull_down() {
     );
     let name = format!("{}/{ACME_NS}/big:v1", s.srv.host());
     assert_eq!(listed_digest(&s.ctrd, &name), Some(image.digest.clone()));
+}
+
+/// `berth-agent pull` started in the background.
+fn spawn_pull(config: &std::path::Path, reference: &str) -> std::process::Child {
+    std::process::Command::new(test_support::workspace_bin("berth-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(["pull", reference, "--json"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a background pull, which must succeed; its JSON result and
+/// its stderr.
+fn finished_pull(child: std::process::Child) -> (Value, String) {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "the pull failed with {}:\n{stderr}",
+        out.status
+    );
+    let result = serde_json::from_slice(&out.stdout).unwrap();
+    (result, stderr)
+}
+
+#[tokio::test]
+async fn a_registry_that_is_down_then_up_is_retried_until_the_pull_succeeds() {
+    let image = big_image(1 << 20, 505);
+    let s = setup("edge-down", &image).await;
+    let proxy = s.proxy();
+    proxy.set_fault(Some(Fault::Down));
+    // Enough attempts to outlast the outage below at a 500 ms cap.
+    let config = s.config(&AgentOptions {
+        registry_url: Some(proxy.url()),
+        max_attempts: Some(30),
+        ..AgentOptions::default()
+    });
+    let child = spawn_pull(&config, "big:v1");
+    // Down long enough for several attempts, then back.
+    let start = Instant::now();
+    while proxy.dropped() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent did not retry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set_fault(None);
+    let (pulled, stderr) = finished_pull(child);
+    assert_eq!(pulled["digest"], image.digest.as_str(), "{stderr}");
+    assert!(proxy.dropped() >= 3);
+    let name = format!("{}/{ACME_NS}/big:v1", proxy.host());
+    assert_eq!(listed_digest(&s.ctrd, &name), Some(image.digest.clone()));
+    s.assert_no_lease();
+}
+
+#[tokio::test]
+async fn two_agent_processes_pulling_one_image_download_each_layer_once() {
+    // Three layers, slowed down so the two pulls overlap for seconds.
+    let layers: Vec<_> = (0..3u64)
+        .map(|i| {
+            LayerBuilder::new()
+                .dir("data/")
+                .random_file(&format!("data/{i}.bin"), 2 << 20, 600 + i)
+                .compression(Compression::none())
+                .build()
+        })
+        .collect();
+    let mut builder = ImageBuilder::new(Arch::Amd64);
+    for l in layers {
+        builder = builder.layer(l);
+    }
+    let image = builder.build();
+    let s = setup("edge-twice", &image).await;
+    let proxy = s.proxy();
+    let config = s.config(&AgentOptions {
+        registry_url: Some(proxy.url()),
+        bandwidth_limit_bytes_per_sec: Some(2 << 20),
+        ..AgentOptions::default()
+    });
+    let first = spawn_pull(&config, "big:v1");
+    let second = spawn_pull(&config, "big:v1");
+    let (a, a_err) = finished_pull(first);
+    let (b, b_err) = finished_pull(second);
+    assert_eq!(a["digest"], image.digest.as_str(), "{a_err}");
+    assert_eq!(b["digest"], image.digest.as_str(), "{b_err}");
+    // Each layer crossed the proxy once, in one full response; between
+    // them the two processes downloaded each byte once.
+    for layer in &image.layers {
+        let tries = proxy.blob_exchanges(&layer.digest);
+        assert_eq!(tries.len(), 1, "{}: {tries:#?}", layer.digest);
+        assert_eq!(tries[0].status, 200);
+        assert_eq!(tries[0].body_bytes, layer.size());
+    }
+    let total: u64 = image.layers.iter().map(|l| l.size()).sum();
+    let downloaded = a["downloaded"].as_u64().unwrap() + b["downloaded"].as_u64().unwrap();
+    assert_eq!(downloaded, total, "{a} {b}\n{a_err}\n{b_err}");
+    // Nothing left of the node-wide locks.
+    let locks = s.srv.files().join("agent-data/locks");
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0);
+    s.assert_no_lease();
+}
+
+#[tokio::test]
+async fn containerd_restarted_mid_pull_is_waited_for() {
+    let layers: Vec<_> = (0..3u64)
+        .map(|i| {
+            LayerBuilder::new()
+                .dir("data/")
+                .random_file(&format!("data/{i}.bin"), 4 << 20, 700 + i)
+                .compression(Compression::none())
+                .build()
+        })
+        .collect();
+    let mut builder = ImageBuilder::new(Arch::Amd64);
+    for l in layers {
+        builder = builder.layer(l);
+    }
+    let image = builder.build();
+    let mut s = setup("edge-ctrd", &image).await;
+    // About six seconds of download: the restart lands in the middle.
+    let config = s.config(&AgentOptions {
+        bandwidth_limit_bytes_per_sec: Some(2 << 20),
+        log_json: true,
+        ..AgentOptions::default()
+    });
+    let mut child = spawn_pull(&config, "big:v1");
+    // Wait until containerd is taking in a layer, then restart it.
+    let start = Instant::now();
+    loop {
+        let active = s.ctrd.run_ctr(["content", "active"]).unwrap();
+        if active.lines().count() > 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no ingest started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.ctrd.restart().unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the pull ended before containerd was back"
+    );
+    let (pulled, stderr) = finished_pull(child);
+    assert_eq!(pulled["digest"], image.digest.as_str(), "{stderr}");
+    assert!(
+        stderr.contains("containerd unavailable; retrying the import"),
+        "the restart did not reach the pull:\n{stderr}"
+    );
+    let name = format!("{}/{ACME_NS}/big:v1", s.srv.host());
+    assert_eq!(listed_digest(&s.ctrd, &name), Some(image.digest.clone()));
+    for blob in image.blobs() {
+        let out = s
+            .ctrd
+            .ctr()
+            .args(["content", "get", &blob.digest])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stdout == blob.data,
+            "{}",
+            blob.digest
+        );
+    }
+    let active = s.ctrd.run_ctr(["content", "active"]).unwrap();
+    assert!(active.lines().count() <= 1, "ingests left:\n{active}");
+    s.assert_no_lease();
+    // Unpacked: a committed snapshot per layer (and the header line).
+    let snapshots = s.ctrd.run_ctr(["snapshots", "ls"]).unwrap();
+    assert!(snapshots.lines().count() > 3, "{snapshots}");
 }

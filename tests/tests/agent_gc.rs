@@ -10,21 +10,15 @@ mod common_auth;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common_agent::{agent_config, agent_ok};
+use common_agent::{agent_config, agent_ok, busybox_layer};
 use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, require_tool};
+use test_support::{Arch, Image, ImageBuilder};
 use tests::Containerd;
 
 fn busybox_image() -> Image {
-    let busybox = std::fs::read(require_tool("busybox")).unwrap();
-    let mut base = LayerBuilder::new()
-        .dir("bin/")
-        .file("bin/busybox", 0o755, Bytes::from(busybox));
-    for applet in ["sh", "sleep"] {
-        base = base.symlink(&format!("bin/{applet}"), "busybox");
-    }
+    let base = busybox_layer(&["sh", "sleep"]);
     ImageBuilder::new(Arch::Amd64).layer(base.build()).build()
 }
 

@@ -13,23 +13,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common_agent::{agent_config, agent_fails, agent_ok, json, ps_entry};
+use common_agent::{agent_config, agent_fails, agent_ok, busybox_layer, json, ps_entry};
 use common_auth::{ACME, ACME_NS, AuthServer};
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, require_tool};
+use test_support::{Arch, Image, ImageBuilder};
 use tests::Containerd;
 
 /// busybox with the applets the test uses, an `/etc/passwd` naming user
 /// `app` (1234:2345) in a second layer, an environment variable and a
 /// default command.
 fn busybox_image() -> Image {
-    let busybox = std::fs::read(require_tool("busybox")).unwrap();
-    let mut base = LayerBuilder::new()
-        .dir("bin/")
-        .file("bin/busybox", 0o755, Bytes::from(busybox));
-    for applet in ["sh", "echo", "sleep", "id", "hostname", "cat"] {
-        base = base.symlink(&format!("bin/{applet}"), "busybox");
-    }
+    let base = busybox_layer(&["sh", "echo", "sleep", "id", "hostname", "cat"]);
     let users = LayerBuilder::new().dir("etc/").file(
         "etc/passwd",
         0o644,

@@ -14,26 +14,19 @@ mod common_auth;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common_agent::{agent_config, agent_fails, agent_ok, cgroup_dir, json, ps_entry, read_trimmed};
+use common_agent::{
+    agent_config, agent_fails, agent_ok, busybox_layer, cgroup_dir, json, ps_entry, read_trimmed,
+};
 use common_auth::{ACME, ACME_NS, AuthServer};
-use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, require_tool};
+use test_support::{Arch, Image, ImageBuilder};
 use tests::Containerd;
 
 /// busybox with the applets the test uses.
 fn busybox_image() -> Image {
-    let busybox = std::fs::read(require_tool("busybox")).unwrap();
-    let mut base = LayerBuilder::new().dir("bin/").dir("tmp/").file(
-        "bin/busybox",
-        0o755,
-        Bytes::from(busybox),
-    );
-    for applet in [
+    let base = busybox_layer(&[
         "sh", "echo", "sleep", "cat", "chown", "touch", "grep", "ls", "head", "seq",
-    ] {
-        base = base.symlink(&format!("bin/{applet}"), "busybox");
-    }
+    ])
+    .dir("tmp/");
     ImageBuilder::new(Arch::Amd64)
         .layer(base.build())
         .cmd(&["/bin/sh", "-c", "echo default command"])

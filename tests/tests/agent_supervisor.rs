@@ -19,24 +19,18 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common_agent::{
-    AgentOptions, agent, agent_config_with, agent_ok, cgroup_dir, ps_entry, read_trimmed,
+    AgentOptions, agent, agent_config_with, agent_ok, busybox_layer, cgroup_dir, ps_entry,
+    read_trimmed,
 };
 use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, require_tool, workspace_bin};
+use test_support::{Arch, Image, ImageBuilder, workspace_bin};
 use tests::Containerd;
 
 fn busybox_image() -> Image {
-    let busybox = std::fs::read(require_tool("busybox")).unwrap();
-    let mut base = LayerBuilder::new()
-        .dir("bin/")
-        .file("bin/busybox", 0o755, Bytes::from(busybox));
-    for applet in ["sh", "echo", "sleep", "test", "true", "touch", "cat"] {
-        base = base.symlink(&format!("bin/{applet}"), "busybox");
-    }
+    let base = busybox_layer(&["sh", "echo", "sleep", "test", "true", "touch", "cat"]);
     ImageBuilder::new(Arch::Amd64)
         .layer(base.build())
         .layer(LayerBuilder::new().dir("tmp/").build())

@@ -45,6 +45,126 @@ pub struct Settings {
     /// CFS quota in microseconds per [`CPU_PERIOD_US`].
     pub cpu_quota_us: Option<u64>,
     pub log: LogLimits,
+    /// Which network namespace the container gets.
+    pub network: NetworkMode,
+    /// Host ports forwarded to the container (bridge network only).
+    pub ports: Vec<PortMapping>,
+}
+
+/// A container's network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The host's network namespace: what most appliance services want,
+    /// and the only mode that needs no CNI plugins.
+    #[default]
+    Host,
+    /// Its own namespace on the agent's bridge (an address from
+    /// `network.subnet`, NAT to the outside, `--publish` for the inside).
+    Bridge,
+    /// Its own namespace with only a loopback interface.
+    None,
+}
+
+impl NetworkMode {
+    pub fn parse(s: &str) -> Result<NetworkMode, RuntimeError> {
+        match s {
+            "host" => Ok(NetworkMode::Host),
+            "bridge" => Ok(NetworkMode::Bridge),
+            "none" => Ok(NetworkMode::None),
+            _ => Err(invalid(format!(
+                "--network {s:?}: one of host, bridge, none"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Host => "host",
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::None => "none",
+        }
+    }
+}
+
+/// TCP or UDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `--publish [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// `None`: every address of the host.
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// Parses one `--publish` value. Only IPv4 host addresses: the bridge
+/// network has no IPv6 subnet.
+pub fn parse_port(s: &str) -> Result<PortMapping, RuntimeError> {
+    let bad = |why: &str| {
+        invalid(format!(
+            "--publish {s:?}: {why} (want [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp])"
+        ))
+    };
+    let (ports, protocol) = match s.rsplit_once('/') {
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some(_) => return Err(bad("the protocol is tcp or udp")),
+        None => (s, Protocol::Tcp),
+    };
+    let parts: Vec<&str> = ports.split(':').collect();
+    let (host_ip, host_port, container_port) = match parts.as_slice() {
+        [h, c] => (None, *h, *c),
+        [ip, h, c] => {
+            let ip: std::net::Ipv4Addr = ip
+                .parse()
+                .map_err(|_| bad("the host address is not IPv4"))?;
+            (Some(ip), *h, *c)
+        }
+        _ => return Err(bad("wrong number of fields")),
+    };
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(bad("ports are 1-65535")),
+        Ok(n) => Ok(n),
+    };
+    Ok(PortMapping {
+        host_ip,
+        host_port: port(host_port)?,
+        container_port: port(container_port)?,
+        protocol,
+    })
 }
 
 /// A capability as named on the command line, or `ALL`.
@@ -352,6 +472,22 @@ impl Settings {
         if self.log.max_files == 0 {
             return Err(invalid("--log-max-files: at least 1".into()));
         }
+        if !self.ports.is_empty() && self.network != NetworkMode::Bridge {
+            return Err(invalid(format!(
+                "--publish needs --network bridge (with {} there is nothing to forward to)",
+                self.network.as_str()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for p in &self.ports {
+            if !seen.insert((p.host_port, p.protocol)) {
+                return Err(invalid(format!(
+                    "host port {}/{} published twice",
+                    p.host_port,
+                    p.protocol.as_str()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -539,6 +675,47 @@ fn dev_minor(rdev: u64) -> i64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn published_ports() {
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!((p.host_ip, p.host_port, p.container_port), (None, 8080, 80));
+        assert_eq!(p.protocol, Protocol::Tcp);
+        let p = parse_port("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(p.host_ip, Some(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(p.protocol, Protocol::Udp);
+        assert_eq!(p.to_string(), "127.0.0.1:5353:53/udp");
+        for bad in [
+            "80",
+            "0:80",
+            "80:70000",
+            "x:80",
+            "::1:80:80",
+            "80:80/sctp",
+            "1:2:3:4",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+        let mut s = Settings {
+            ports: vec![parse_port("8080:80").unwrap()],
+            ..Settings::default()
+        };
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--network bridge")
+        );
+        s.network = NetworkMode::Bridge;
+        s.validate().unwrap();
+        s.ports.push(parse_port("127.0.0.1:8080:81").unwrap());
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("published twice")
+        );
+    }
 
     #[test]
     fn sizes_and_cpus_parse_like_docker() {

@@ -242,7 +242,7 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 /// /dev/mqueue, /sys read-only, /run), plus the host's resolv.conf and
 /// hosts read-only, because the container shares the host's network
 /// (what `ctr run --net-host` does) and would otherwise resolve nothing.
-fn mounts(host_files: &[PathBuf], privileged: bool) -> Result<Vec<Mount>, RuntimeError> {
+fn mounts(host_files: &[HostFile], privileged: bool) -> Result<Vec<Mount>, RuntimeError> {
     // A privileged container may write /sys (what Docker and containerd's
     // `WithPrivileged` give), e.g. to load firmware or toggle GPIOs.
     let sys: &[&str] = if privileged {
@@ -292,18 +292,40 @@ fn mounts(host_files: &[PathBuf], privileged: bool) -> Result<Vec<Mount>, Runtim
         )?,
     ];
     for f in host_files {
-        let s = f.display().to_string();
-        m.push(mount(&s, "bind", &s, &["rbind", "ro", "nosuid", "nodev"])?);
+        let source = f.source.display().to_string();
+        m.push(mount(
+            &f.target,
+            "bind",
+            &source,
+            &["rbind", "ro", "nosuid", "nodev"],
+        )?);
     }
     Ok(m)
 }
 
+/// A host file bind-mounted read-only into the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFile {
+    pub source: PathBuf,
+    pub target: String,
+}
+
+impl HostFile {
+    /// The same path inside as outside.
+    pub fn same(path: &str) -> HostFile {
+        HostFile {
+            source: PathBuf::from(path),
+            target: path.to_owned(),
+        }
+    }
+}
+
 /// The host files bind-mounted for host networking, those that exist.
-pub fn host_network_files() -> Vec<PathBuf> {
+pub fn host_network_files() -> Vec<HostFile> {
     ["/etc/resolv.conf", "/etc/hosts"]
-        .iter()
-        .map(PathBuf::from)
+        .into_iter()
         .filter(|p| Path::new(p).is_file())
+        .map(HostFile::same)
         .collect()
 }
 
@@ -328,7 +350,7 @@ pub fn build(
     p: &ProcessPlan,
     hostname: &str,
     cgroups_path: &str,
-    host_files: &[PathBuf],
+    host_files: &[HostFile],
 ) -> Result<Spec, RuntimeError> {
     build_with(
         p,
@@ -346,7 +368,7 @@ pub fn build_with(
     p: &ProcessPlan,
     hostname: &str,
     cgroups_path: &str,
-    host_files: &[PathBuf],
+    host_files: &[HostFile],
     settings: &Settings,
     host: &HostFacts,
 ) -> Result<Spec, RuntimeError> {
@@ -387,17 +409,21 @@ pub fn build_with(
                 .build()?,
         ])
         .build()?;
-    // No network namespace: the container uses the host's network for
-    // now (port mappings and bridge networking come with CNI later).
-    let namespaces = [
+    // Host networking: no network namespace. Otherwise runc makes a new
+    // one and the runtime attaches it (CNI) between task create and start.
+    let mut namespaces = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
-    .collect::<Result<Vec<_>, _>>()?;
+    ];
+    if settings.network != super::settings::NetworkMode::Host {
+        namespaces.push(LinuxNamespaceType::Network);
+    }
+    let namespaces = namespaces
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+        .collect::<Result<Vec<_>, _>>()?;
     // Ordinary containers: deny every device (runc adds the standard
     // allowed ones: null, zero, full, tty, random, urandom, pts).
     // Privileged ones: allow every device, and create the host's nodes.
@@ -554,7 +580,7 @@ mod tests {
             &files,
         )
         .unwrap();
-        let spec = build(&p, "box", "/berth/web", &[PathBuf::from("/etc/hosts")]).unwrap();
+        let spec = build(&p, "box", "/berth/web", &[HostFile::same("/etc/hosts")]).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["root"]["readonly"], false);
         assert_eq!(json["hostname"], "box");
@@ -594,7 +620,7 @@ mod tests {
             &sh_plan(),
             "box",
             "/berth/web",
-            &[PathBuf::from("/etc/hosts")],
+            &[HostFile::same("/etc/hosts")],
             settings,
             host,
         )

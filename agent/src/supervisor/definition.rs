@@ -10,7 +10,6 @@
 //! one, never half of one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -330,31 +329,9 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| SupervisorError::io(dir, e))
 }
 
-/// Temp file in the same directory, fsync, rename over `path`, fsync of
-/// the directory (so the rename itself survives a power cut).
+/// [`crate::fsutil::write_atomic`], with the supervisor's error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| SupervisorError::Invalid(format!("{}: no parent", path.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| SupervisorError::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| SupervisorError::Invalid(format!("{}: no file name", path.display())))?;
-    // A dot name without the `.json` extension: `list` never reads a
-    // temp file left by a crash.
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", uuid::Uuid::new_v4()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(SupervisorError::io(path, e));
-    }
-    sync_dir(dir)
+    crate::fsutil::write_atomic(path, bytes).map_err(|e| SupervisorError::io(path, e))
 }
 
 #[cfg(test)]
@@ -427,7 +404,9 @@ mod tests {
 
     #[test]
     fn settings_round_trip_and_old_files_load() {
-        use crate::runtime::settings::{BindMount, CapName, LogLimits, VolumeMount};
+        use crate::runtime::settings::{
+            BindMount, CapName, LogLimits, NetworkMode, VolumeMount, parse_port,
+        };
         let dir = tempfile::tempdir().unwrap();
         let store = DefinitionStore::new(dir.path());
         let mut d = def("with-settings");
@@ -451,6 +430,8 @@ mod tests {
                 max_size: Some(1 << 20),
                 max_files: 3,
             },
+            network: NetworkMode::Bridge,
+            ports: vec![parse_port("127.0.0.1:8080:80/udp").unwrap()],
         };
         store.save(&d).unwrap();
         assert_eq!(store.load("with-settings").unwrap().unwrap(), d);
@@ -459,6 +440,8 @@ mod tests {
                 .unwrap();
         assert_eq!(raw["run"]["settings"]["cap_add"][0], "CAP_NET_ADMIN");
         assert_eq!(raw["run"]["settings"]["memory_bytes"], 64 << 20);
+        assert_eq!(raw["run"]["settings"]["network"], "bridge");
+        assert_eq!(raw["run"]["settings"]["ports"][0]["protocol"], "udp");
         assert_eq!(d.run_request().overrides.settings, d.run.settings);
 
         // A file written before definitions had settings: no `settings`

@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use bytes::Bytes;
 use serde_json::Value;
-use test_support::workspace_bin;
+use test_support::images::LayerBuilder;
+use test_support::{require_tool, workspace_bin};
 use tests::Containerd;
 
 use crate::common_auth::{ACME_NS, AuthServer, Enrolled};
@@ -179,4 +181,17 @@ pub fn read_trimmed(path: &Path) -> String {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .trim()
         .to_owned()
+}
+
+/// A layer with the host's static busybox as `/bin/busybox` and `applets`
+/// linked to it in `/bin`.
+pub fn busybox_layer(applets: &[&str]) -> LayerBuilder {
+    let busybox = std::fs::read(require_tool("busybox")).unwrap();
+    let mut base = LayerBuilder::new()
+        .dir("bin/")
+        .file("bin/busybox", 0o755, Bytes::from(busybox));
+    for applet in applets {
+        base = base.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    base
 }
