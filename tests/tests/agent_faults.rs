@@ -604,6 +604,21 @@ async fn the_bandwidth_limit_slows_the_pull_down() {
     assert_eq!(listed_digest(&s.ctrd, &name), Some(image.digest.clone()));
 }
 
+/// `count` layers of `size` bytes of incompressible data each.
+fn layered_image(count: u64, size: u64, seed: u64) -> Image {
+    let mut builder = ImageBuilder::new(Arch::Amd64);
+    for i in 0..count {
+        builder = builder.layer(
+            LayerBuilder::new()
+                .dir("data/")
+                .random_file(&format!("data/{i}.bin"), size, seed + i)
+                .compression(Compression::none())
+                .build(),
+        );
+    }
+    builder.build()
+}
+
 /// `berth-agent pull` started in the background.
 fn spawn_pull(config: &std::path::Path, reference: &str) -> std::process::Child {
     std::process::Command::new(test_support::workspace_bin("berth-agent"))
@@ -666,20 +681,7 @@ async fn a_registry_that_is_down_then_up_is_retried_until_the_pull_succeeds() {
 #[tokio::test]
 async fn two_agent_processes_pulling_one_image_download_each_layer_once() {
     // Three layers, slowed down so the two pulls overlap for seconds.
-    let layers: Vec<_> = (0..3u64)
-        .map(|i| {
-            LayerBuilder::new()
-                .dir("data/")
-                .random_file(&format!("data/{i}.bin"), 2 << 20, 600 + i)
-                .compression(Compression::none())
-                .build()
-        })
-        .collect();
-    let mut builder = ImageBuilder::new(Arch::Amd64);
-    for l in layers {
-        builder = builder.layer(l);
-    }
-    let image = builder.build();
+    let image = layered_image(3, 2 << 20, 600);
     let s = setup("edge-twice", &image).await;
     let proxy = s.proxy();
     let config = s.config(&AgentOptions {
@@ -712,20 +714,7 @@ async fn two_agent_processes_pulling_one_image_download_each_layer_once() {
 
 #[tokio::test]
 async fn containerd_restarted_mid_pull_is_waited_for() {
-    let layers: Vec<_> = (0..3u64)
-        .map(|i| {
-            LayerBuilder::new()
-                .dir("data/")
-                .random_file(&format!("data/{i}.bin"), 4 << 20, 700 + i)
-                .compression(Compression::none())
-                .build()
-        })
-        .collect();
-    let mut builder = ImageBuilder::new(Arch::Amd64);
-    for l in layers {
-        builder = builder.layer(l);
-    }
-    let image = builder.build();
+    let image = layered_image(3, 4 << 20, 700);
     let mut s = setup("edge-ctrd", &image).await;
     // About six seconds of download: the restart lands in the middle.
     let config = s.config(&AgentOptions {

@@ -53,26 +53,9 @@ fn http_get(port: u16) -> std::io::Result<String> {
     Ok(out)
 }
 
-/// Runs a container to its end; its output (the container is removed).
+/// [`common_agent::run_to_end`] with this test's image.
 fn run_to_end(config: &Path, name: &str, flags: &[&str], script: &str) -> String {
-    let mut args = vec!["run", name, "web:v1"];
-    args.extend_from_slice(flags);
-    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
-    agent_ok(config, &args);
-    let start = Instant::now();
-    while ps_entry(config, name).unwrap()["state"] != "stopped" {
-        assert!(start.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let start = Instant::now();
-    loop {
-        let out = agent_ok(config, &["logs", name]);
-        if out.contains("end") || start.elapsed() > Duration::from_secs(10) {
-            agent_ok(config, &["rm", name]);
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common_agent::run_to_end(config, name, "web:v1", flags, script)
 }
 
 fn iptables_save() -> String {

@@ -33,31 +33,9 @@ fn busybox_image() -> Image {
         .build()
 }
 
-/// Runs a container to its end and returns its output (then removes it).
+/// [`common_agent::run_to_end`] with this test's image.
 fn run_to_end(config: &Path, name: &str, flags: &[&str], script: &str) -> String {
-    let mut args = vec!["run", name, "box:v1"];
-    args.extend_from_slice(flags);
-    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
-    agent_ok(config, &args);
-    let start = Instant::now();
-    loop {
-        let entry = ps_entry(config, name).unwrap();
-        if entry["state"] == "stopped" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{entry}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // The shim copies output asynchronously: "end" marks its last line.
-    let start = Instant::now();
-    loop {
-        let out = agent_ok(config, &["logs", name]);
-        if out.contains("end") || start.elapsed() > Duration::from_secs(10) {
-            agent_ok(config, &["rm", name]);
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common_agent::run_to_end(config, name, "box:v1", flags, script)
 }
 
 /// `CapEff` of a `/proc/*/status` text.

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -194,4 +195,32 @@ pub fn busybox_layer(applets: &[&str]) -> LayerBuilder {
         base = base.symlink(&format!("bin/{applet}"), "busybox");
     }
     base
+}
+
+/// Runs `/bin/sh -c script` in container `name` from `image` with `flags`
+/// to its end; its output (the script echoes `end` last), then removes it.
+pub fn run_to_end(config: &Path, name: &str, image: &str, flags: &[&str], script: &str) -> String {
+    let mut args = vec!["run", name, image];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    agent_ok(config, &args);
+    let start = Instant::now();
+    loop {
+        let entry = ps_entry(config, name).unwrap();
+        if entry["state"] == "stopped" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{entry}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The shim copies output asynchronously: "end" marks its last line.
+    let start = Instant::now();
+    loop {
+        let out = agent_ok(config, &["logs", name]);
+        if out.contains("end") || start.elapsed() > Duration::from_secs(10) {
+            agent_ok(config, &["rm", name]);
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
