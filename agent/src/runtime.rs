@@ -355,7 +355,7 @@ impl Runtime {
             } else {
                 Vec::new()
             },
-            capabilities: settings::current_bounding_set(),
+            capabilities: self.privileged_capabilities().await,
         };
         let network = req.overrides.settings.network;
         let host_files = if network == settings::NetworkMode::Host {
@@ -525,6 +525,31 @@ impl Runtime {
         }
         let pid = self.containerd.start_task(name).await?;
         Ok((pid, log))
+    }
+
+    /// What "every capability" can mean for a privileged container on
+    /// this box: containerd's bounding set, which its shims and runc
+    /// inherit (runc cannot grant a capability its parent lacks: the start
+    /// fails with EPERM), as containerd's own `WithPrivileged` uses. Found
+    /// through the socket's peer credentials, so the agent's own set (its
+    /// systemd unit narrows it to what the agent itself needs) does not
+    /// limit containers; the agent's set when containerd's cannot be read.
+    async fn privileged_capabilities(
+        &self,
+    ) -> Option<std::collections::HashSet<oci_spec::runtime::Capability>> {
+        let containerd_pid = match tokio::net::UnixStream::connect(&self.cfg.containerd.socket)
+            .await
+            .and_then(|s| s.peer_cred())
+        {
+            Ok(cred) => cred.pid(),
+            Err(e) => {
+                tracing::debug!(error = %e, "containerd's peer credentials");
+                None
+            }
+        };
+        containerd_pid
+            .and_then(|pid| settings::bounding_set_of(&pid.to_string()))
+            .or_else(settings::current_bounding_set)
     }
 
     /// `/etc/hosts` (generated) and `/etc/resolv.conf` for a container

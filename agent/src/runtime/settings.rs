@@ -593,13 +593,10 @@ pub fn capabilities_from_mask(mask: u64) -> HashSet<Capability> {
         .collect()
 }
 
-/// The agent's own bounding set, what "every capability" can mean on this
-/// box: runc cannot grant a capability its parent lacks (it fails the
-/// start with EPERM), and a box or an outer container may have removed
-/// some (`CAP_SYS_RESOURCE`, say). containerd's `WithPrivileged` does the
-/// same with its own set. `None` when /proc cannot tell.
-pub fn current_bounding_set() -> Option<HashSet<Capability>> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// The bounding set of process `pid` (`self` for the agent itself).
+/// `None` when /proc cannot tell.
+pub fn bounding_set_of(pid: &str) -> Option<HashSet<Capability>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapBnd:"))?
@@ -607,6 +604,11 @@ pub fn current_bounding_set() -> Option<HashSet<Capability>> {
     u64::from_str_radix(hex, 16)
         .ok()
         .map(capabilities_from_mask)
+}
+
+/// The agent's own bounding set (see [`bounding_set_of`]).
+pub fn current_bounding_set() -> Option<HashSet<Capability>> {
+    bounding_set_of("self")
 }
 
 /// The host's devices for a privileged container, as containerd's
