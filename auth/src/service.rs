@@ -193,8 +193,12 @@ impl AuthService {
             .iter()
             .all(|k| k.retire_at.is_some_and(|r| r <= now))
         {
+            // Checked again inside the insert's transaction: another
+            // process (the server and an operator CLI started together)
+            // may have created the first key meanwhile, and retiring it
+            // here would void the tokens it already signed.
             let key = generate_key(&secrets::random_id(16), now)?;
-            store.add_signing_key(&key, now).await?;
+            store.add_first_signing_key(&key, now).await?;
         }
         let ca = match store.node_ca().await? {
             Some(c) => c,

@@ -108,6 +108,11 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn signing_keys(&self) -> Result<Vec<SigningKey>>;
     /// Adds a key and schedules every other key's retirement at `retire_others_at`.
     async fn add_signing_key(&self, key: &SigningKey, retire_others_at: Millis) -> Result<()>;
+    /// Adds `key` only if no key is active at `now` (retire_at unset or
+    /// later), in one transaction; whether it was added. Two processes
+    /// opening the same store at once then create one first key, and
+    /// neither retires a key the other is already signing with.
+    async fn add_first_signing_key(&self, key: &SigningKey, now: Millis) -> Result<bool>;
     async fn node_ca(&self) -> Result<Option<CaRecord>>;
     /// Stores the CA unless one exists; returns the one in force.
     async fn init_node_ca(&self, ca: &CaRecord) -> Result<CaRecord>;

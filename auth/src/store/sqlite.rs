@@ -636,6 +636,34 @@ impl AuthStore for SqliteAuthStore {
             .await
     }
 
+    async fn add_first_signing_key(&self, key: &SigningKey, now: Millis) -> Result<bool> {
+        let k = key.clone();
+        self.pool
+            .write(move |tx| {
+                let added = tx
+                    .execute(
+                        "INSERT INTO signing_keys (kid, private_pem, public_pem, created_at, retire_at)
+                         SELECT ?1, ?2, ?3, ?4, ?5
+                         WHERE NOT EXISTS (SELECT 1 FROM signing_keys
+                                           WHERE retire_at IS NULL OR retire_at > ?6)",
+                        params![
+                            k.kid,
+                            k.private_pem,
+                            k.public_pem,
+                            k.created_at,
+                            k.retire_at,
+                            now
+                        ],
+                    )
+                    .map_err(db)?;
+                if added > 0 {
+                    bump(tx)?;
+                }
+                Ok(added > 0)
+            })
+            .await
+    }
+
     async fn add_signing_key(&self, key: &SigningKey, retire_others_at: Millis) -> Result<()> {
         let k = key.clone();
         self.pool
