@@ -31,3 +31,18 @@ pub fn open_embedded(
         data_dir.join("auth.sqlite"),
     )?))
 }
+
+/// Opens the auth store: PostgreSQL when `postgres` is given (the database
+/// the registry metadata uses too, in its own schema), else the embedded
+/// SQLite store inside the data directory.
+pub async fn open_store(
+    data_dir: &std::path::Path,
+    postgres: Option<&pg_pool::ConnectOptions>,
+) -> error::Result<std::sync::Arc<dyn store::AuthStore>> {
+    match postgres {
+        Some(options) => Ok(std::sync::Arc::new(
+            store::postgres::PgAuthStore::connect(options).await?,
+        )),
+        None => open_embedded(data_dir),
+    }
+}

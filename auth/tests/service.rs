@@ -1,16 +1,72 @@
-//! `AuthService` on its real SQLite store: credentials, tokens and their
-//! revocation, throttling, portal sessions, nodes, key rotation.
+//! `AuthService` on each real store (the embedded SQLite one and PostgreSQL):
+//! credentials, tokens and their revocation, throttling, portal sessions,
+//! nodes, key rotation. Every test runs once per engine (`sqlite::…`,
+//! `postgres::…`), so the two stores are held to the same behaviour.
 
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use auth::scope::parse_scopes;
+use std::sync::Arc;
+
+use auth::store::AuthStore;
 use auth::{AuthConfig, AuthError, AuthService, PrincipalKind, Role};
 
-async fn service(config: AuthConfig) -> (tempfile::TempDir, AuthService) {
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh store on `engine`: SQLite in a temp dir, or a new database on
+/// the test process's private PostgreSQL server.
+async fn store(engine: Engine, dir: &std::path::Path) -> Arc<dyn AuthStore> {
+    match engine {
+        Engine::Sqlite => auth::open_embedded(dir).unwrap(),
+        Engine::Postgres => {
+            let pg = test_support::Postgres::shared();
+            let options = pg_pool::ConnectOptions {
+                url: pg.url(&pg.create_database()),
+                password: Some(pg.password().to_owned()),
+                max_connections: 4,
+            };
+            auth::open_store(dir, Some(&options)).await.unwrap()
+        }
+    }
+}
+
+/// Runs each named `async fn(Engine)` as a test on each engine.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Engine::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Engine::Postgres).await
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    credentials_authenticate_until_revoked,
+    failed_logins_are_throttled_per_user_and_source,
+    refresh_tokens_follow_their_credential,
+    portal_sessions,
+    robots_use_api_keys_and_nodes_use_certificates,
+    tokens_survive_a_key_rotation,
+    replicas_opening_a_fresh_store_share_one_signing_key,
+);
+
+async fn service(engine: Engine, config: AuthConfig) -> (tempfile::TempDir, AuthService) {
     let dir = tempfile::tempdir().unwrap();
-    let store = auth::open_embedded(dir.path()).unwrap();
+    let store = store(engine, dir.path()).await;
     let svc = AuthService::open(store, config).await.unwrap();
     svc.create_account("acme", "acme.io").await.unwrap();
     svc.create_user("acme", "alice", Role::Developer, Some("correct horse"))
@@ -19,9 +75,8 @@ async fn service(config: AuthConfig) -> (tempfile::TempDir, AuthService) {
     (dir, svc)
 }
 
-#[tokio::test]
-async fn credentials_authenticate_until_revoked() {
-    let (_d, svc) = service(AuthConfig::default()).await;
+async fn credentials_authenticate_until_revoked(engine: Engine) {
+    let (_d, svc) = service(engine, AuthConfig::default()).await;
     let minted = svc
         .mint_login_credential("alice", None, Some("laptop"))
         .await
@@ -77,14 +132,13 @@ async fn credentials_authenticate_until_revoked() {
     );
 }
 
-#[tokio::test]
-async fn failed_logins_are_throttled_per_user_and_source() {
+async fn failed_logins_are_throttled_per_user_and_source(engine: Engine) {
     let config = AuthConfig {
         max_failed_logins: 3,
         failed_login_window: Duration::from_millis(700),
         ..AuthConfig::default()
     };
-    let (_d, svc) = service(config).await;
+    let (_d, svc) = service(engine, config).await;
     let good = svc
         .mint_login_credential("alice", None, None)
         .await
@@ -108,9 +162,8 @@ async fn failed_logins_are_throttled_per_user_and_source() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn refresh_tokens_follow_their_credential() {
-    let (_d, svc) = service(AuthConfig::default()).await;
+async fn refresh_tokens_follow_their_credential(engine: Engine) {
+    let (_d, svc) = service(engine, AuthConfig::default()).await;
     let minted = svc
         .mint_login_credential("alice", None, None)
         .await
@@ -131,9 +184,8 @@ async fn refresh_tokens_follow_their_credential() {
     assert!(svc.authenticate_refresh(&refresh, None).await.is_err());
 }
 
-#[tokio::test]
-async fn portal_sessions() {
-    let (_d, svc) = service(AuthConfig::default()).await;
+async fn portal_sessions(engine: Engine) {
+    let (_d, svc) = service(engine, AuthConfig::default()).await;
     assert!(
         svc.sign_in("alice", "wrong password", None, Duration::from_secs(60))
             .await
@@ -164,9 +216,8 @@ async fn portal_sessions() {
     assert!(svc.session(&short.token).await.is_err());
 }
 
-#[tokio::test]
-async fn robots_use_api_keys_and_nodes_use_certificates() {
-    let (_d, svc) = service(AuthConfig::default()).await;
+async fn robots_use_api_keys_and_nodes_use_certificates(engine: Engine) {
+    let (_d, svc) = service(engine, AuthConfig::default()).await;
     let robot = svc
         .create_robot("acme", "ci", Role::Developer)
         .await
@@ -221,9 +272,8 @@ async fn robots_use_api_keys_and_nodes_use_certificates() {
     );
 }
 
-#[tokio::test]
-async fn tokens_survive_a_key_rotation() {
-    let (_d, svc) = service(AuthConfig::default()).await;
+async fn tokens_survive_a_key_rotation(engine: Engine) {
+    let (_d, svc) = service(engine, AuthConfig::default()).await;
     let minted = svc
         .mint_login_credential("alice", None, None)
         .await
@@ -257,4 +307,44 @@ fn pem_der(pem: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(body)
         .unwrap()
+}
+
+/// Two replicas (two stores on one database, or two processes on one
+/// SQLite file) open a fresh store at once: one signing key results, and
+/// each verifies the other's tokens.
+async fn replicas_opening_a_fresh_store_share_one_signing_key(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = match engine {
+        Engine::Sqlite => (
+            auth::open_embedded(dir.path()).unwrap(),
+            auth::open_embedded(dir.path()).unwrap(),
+        ),
+        Engine::Postgres => {
+            let pg = test_support::Postgres::shared();
+            let options = pg_pool::ConnectOptions {
+                url: pg.url(&pg.create_database()),
+                password: Some(pg.password().to_owned()),
+                max_connections: 4,
+            };
+            let (a, b) = tokio::join!(
+                auth::open_store(dir.path(), Some(&options)),
+                auth::open_store(dir.path(), Some(&options))
+            );
+            (a.unwrap(), b.unwrap())
+        }
+    };
+    let (sa, sb) = tokio::join!(
+        AuthService::open(a.clone(), AuthConfig::default()),
+        AuthService::open(b, AuthConfig::default())
+    );
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    let keys = a.signing_keys().await.unwrap();
+    let active: Vec<_> = keys.iter().filter(|k| k.retire_at.is_none()).collect();
+    assert_eq!(active.len(), 1, "{keys:?}");
+    sa.create_account("acme", "acme.io").await.unwrap();
+    // The other replica sees the account at once: same store.
+    assert!(matches!(
+        sb.create_account("acme", "other.io").await,
+        Err(AuthError::Conflict(_))
+    ));
 }

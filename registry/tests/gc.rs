@@ -1,5 +1,5 @@
-//! Online garbage collection against the real embedded engines (filesystem
-//! blobs, SQLite metadata): what is reclaimed, what must survive, and that
+//! Online garbage collection against the real engines (filesystem blobs;
+//! SQLite and PostgreSQL metadata, each test once per engine): what is reclaimed, what must survive, and that
 //! GC running beside concurrent pushes never loses referenced content.
 
 #![allow(clippy::unwrap_used)]
@@ -14,9 +14,17 @@ use registry::{Digest, Reference, RegistryError};
 mod common;
 use common::*;
 
-#[tokio::test]
-async fn untagged_content_is_reclaimed() {
-    let f = fixture(Duration::ZERO, Duration::from_secs(3600));
+on_both_engines!(
+    untagged_content_is_reclaimed,
+    shared_blobs_survive_a_repository_delete,
+    grace_period_protects_a_push_in_progress,
+    indexes_and_referrers_keep_their_manifests_alive,
+    abandoned_uploads_expire,
+    gc_never_races_concurrent_pushes { flavor = "multi_thread", worker_threads = 4 },
+);
+
+async fn untagged_content_is_reclaimed(engine: Engine) {
+    let f = fixture(engine, Duration::ZERO, Duration::from_secs(3600)).await;
     let r = &f.registry;
     let name = repo("acme/app");
     let (digest, blobs) = push_image(r, &name, &tag("v1"), &[b"layer-one", b"layer-two"]).await;
@@ -50,9 +58,8 @@ async fn untagged_content_is_reclaimed() {
     assert!(r.catalog(None, None, 100).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn shared_blobs_survive_a_repository_delete() {
-    let f = fixture(Duration::ZERO, Duration::from_secs(3600));
+async fn shared_blobs_survive_a_repository_delete(engine: Engine) {
+    let f = fixture(engine, Duration::ZERO, Duration::from_secs(3600)).await;
     let r = &f.registry;
     let (a, b) = (repo("acme/a"), repo("acme/b"));
     let (_, blobs_a) = push_image(r, &a, &tag("v1"), &[b"shared", b"only-a"]).await;
@@ -71,9 +78,8 @@ async fn shared_blobs_survive_a_repository_delete() {
     assert!(!pullable(r, &a, &blobs_a).await);
 }
 
-#[tokio::test]
-async fn grace_period_protects_a_push_in_progress() {
-    let f = fixture(Duration::from_secs(3600), Duration::from_secs(3600));
+async fn grace_period_protects_a_push_in_progress(engine: Engine) {
+    let f = fixture(engine, Duration::from_secs(3600), Duration::from_secs(3600)).await;
     let r = &f.registry;
     let name = repo("acme/app");
     // A blob uploaded whose manifest is not pushed yet, and a manifest
@@ -91,9 +97,8 @@ async fn grace_period_protects_a_push_in_progress() {
     assert!(pullable(r, &name, &blobs).await);
 }
 
-#[tokio::test]
-async fn indexes_and_referrers_keep_their_manifests_alive() {
-    let f = fixture(Duration::ZERO, Duration::from_secs(3600));
+async fn indexes_and_referrers_keep_their_manifests_alive(engine: Engine) {
+    let f = fixture(engine, Duration::ZERO, Duration::from_secs(3600)).await;
     let r = &f.registry;
     let name = repo("acme/multi");
     // Two platform manifests pushed by digest, untagged.
@@ -187,9 +192,8 @@ async fn indexes_and_referrers_keep_their_manifests_alive() {
     );
 }
 
-#[tokio::test]
-async fn abandoned_uploads_expire() {
-    let f = fixture(Duration::ZERO, Duration::ZERO);
+async fn abandoned_uploads_expire(engine: Engine) {
+    let f = fixture(engine, Duration::ZERO, Duration::ZERO).await;
     let r = &f.registry;
     let name = repo("acme/app");
     let up = r
@@ -212,9 +216,13 @@ async fn abandoned_uploads_expire() {
 /// single push) while several tasks push images and mount blobs across
 /// repositories. Every push must succeed and every tagged image must stay
 /// whole: GC never deletes a blob a concurrent push or mount relies on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn gc_never_races_concurrent_pushes() {
-    let f = fixture(Duration::from_millis(800), Duration::from_secs(3600));
+async fn gc_never_races_concurrent_pushes(engine: Engine) {
+    let f = fixture(
+        engine,
+        Duration::from_millis(800),
+        Duration::from_secs(3600),
+    )
+    .await;
     let r = f.registry.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let gc = {

@@ -12,6 +12,8 @@ use registry::{Digest, Reference};
 mod common;
 use common::*;
 
+on_both_engines!(summaries_and_tags_show_sizes_and_platforms,);
+
 /// Pushes an image whose config names `os/arch[/variant]`; returns the
 /// manifest digest and size, and config + layer bytes.
 async fn push_platform_image(
@@ -52,9 +54,8 @@ async fn push_platform_image(
     (d, m.len(), (config.len() + layer.len()) as u64)
 }
 
-#[tokio::test]
-async fn summaries_and_tags_show_sizes_and_platforms() {
-    let f = fixture(Duration::from_secs(3600), Duration::from_secs(3600));
+async fn summaries_and_tags_show_sizes_and_platforms(engine: Engine) {
+    let f = fixture(engine, Duration::from_secs(3600), Duration::from_secs(3600)).await;
     let r = &f.registry;
     let app = repo("acme.io/app");
     let placeholder = Reference::Digest(Digest::sha256_of(b"x"));

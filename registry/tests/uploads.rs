@@ -1,21 +1,28 @@
 //! Upload sessions across restarts: resumed where they were acknowledged
 //! after the process restarts; ended cleanly (the client starts over) when
 //! their staged data or progress is gone (a crash left it orphaned and the
-//! GC sweep took it, or the machine restarted before it was durable).
+//! GC sweep took it, or the machine restarted before it was durable). On
+//! each metadata engine.
 
 #![allow(clippy::unwrap_used)]
 
+use registry::storage::UploadRecord;
 use registry::storage::sqlite::Synchronous;
-use registry::storage::{UploadRecord, open_embedded};
 use registry::{Algorithm, Digest, Hasher, Registry, RegistryConfig, RegistryError};
 
 mod common;
 use common::*;
 
-#[tokio::test]
-async fn a_session_whose_staged_data_is_gone_is_unknown_not_broken() {
-    let dir = tempfile::tempdir().unwrap();
-    let (blobs, meta) = open_embedded(dir.path(), Synchronous::Normal).unwrap();
+on_both_engines!(
+    a_session_whose_staged_data_is_gone_is_unknown_not_broken,
+    a_chunked_upload_resumes_after_a_restart_of_the_process,
+    a_session_whose_progress_is_lost_is_unknown_and_gone,
+    a_session_of_an_earlier_version_resumes_from_its_row,
+);
+
+async fn a_session_whose_staged_data_is_gone_is_unknown_not_broken(engine: Engine) {
+    let backing = Backing::new(engine);
+    let (blobs, meta) = backing.open_with(Synchronous::Normal).await;
     let r = Registry::new(blobs.clone(), meta, RegistryConfig::default());
     let name = repo("acme/app");
     let data = b"every byte acknowledged";
@@ -44,13 +51,13 @@ fn blob(n: usize) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_chunked_upload_resumes_after_a_restart_of_the_process() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_chunked_upload_resumes_after_a_restart_of_the_process(engine: Engine) {
+    let backing = Backing::new(engine);
+    let dir = &backing.dir;
     let data = blob(300_000);
     let name = repo("acme/app");
     let id = {
-        let (blobs, meta) = open_embedded(dir.path(), Synchronous::Full).unwrap();
+        let (blobs, meta) = backing.open_with(Synchronous::Full).await;
         let r = Registry::new(blobs, meta, RegistryConfig::default());
         let up = r.start_upload(&name, Algorithm::Sha256).await.unwrap();
         let s = r
@@ -67,7 +74,7 @@ async fn a_chunked_upload_resumes_after_a_restart_of_the_process() {
     };
     // A new process on the same data directory: nothing of the first one
     // is left in memory.
-    let (blobs, meta) = open_embedded(dir.path(), Synchronous::Full).unwrap();
+    let (blobs, meta) = backing.open_with(Synchronous::Full).await;
     let r = Registry::new(blobs, meta, RegistryConfig::default());
     assert_eq!(r.upload_status(&name, &id).await.unwrap().size, 250_000);
     // Out of order: told where it stands.
@@ -102,10 +109,10 @@ async fn a_chunked_upload_resumes_after_a_restart_of_the_process() {
     );
 }
 
-#[tokio::test]
-async fn a_session_whose_progress_is_lost_is_unknown_and_gone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (blobs, meta) = open_embedded(dir.path(), Synchronous::Normal).unwrap();
+async fn a_session_whose_progress_is_lost_is_unknown_and_gone(engine: Engine) {
+    let backing = Backing::new(engine);
+    let dir = &backing.dir;
+    let (blobs, meta) = backing.open_with(Synchronous::Normal).await;
     let r = Registry::new(blobs, meta, RegistryConfig::default());
     let name = repo("acme/app");
     let data = blob(10_000);
@@ -136,12 +143,11 @@ async fn a_session_whose_progress_is_lost_is_unknown_and_gone() {
     push_blob(&r, &name, &data).await;
 }
 
-#[tokio::test]
-async fn a_session_of_an_earlier_version_resumes_from_its_row() {
+async fn a_session_of_an_earlier_version_resumes_from_its_row(engine: Engine) {
     // Berth versions before the progress files kept an upload's offset and
     // hash state in its metadata row.
-    let dir = tempfile::tempdir().unwrap();
-    let (blobs, meta) = open_embedded(dir.path(), Synchronous::Normal).unwrap();
+    let backing = Backing::new(engine);
+    let (blobs, meta) = backing.open_with(Synchronous::Normal).await;
     let name = repo("acme/app");
     let data = blob(20_000);
     let id = "0c9a3b4e-1f2d-4a5b-8c6d-7e8f90a1b2c3".to_owned();

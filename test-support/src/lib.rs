@@ -4,7 +4,8 @@
 //!   that provides them) and this workspace's own binaries.
 //! - [`net`]: free ports and waiting for listeners.
 //! - [`servers`]: real servers as child processes: `berth-server` and
-//!   Debian's `docker-registry` (distribution 2.8) as the reference registry.
+//!   Debian's `docker-registry` (distribution 2.8) as the reference registry;
+//!   a private PostgreSQL for the scale-out stores.
 //! - [`images`]: byte-for-byte reproducible test images built in memory, and
 //!   OCI image layouts on disk for skopeo and friends.
 //! - [`client`]: a small OCI Distribution API client over reqwest.
@@ -34,7 +35,7 @@ pub use images::{
     read_oci_layout_manifest, read_skopeo_dir, sha256_digest, write_oci_layout, write_skopeo_dir,
 };
 pub use net::{free_port, wait_for_tcp};
-pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry};
+pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry, Postgres};
 pub use skopeo::Skopeo;
 pub use tools::{require_tool, workspace_bin};
 pub use wait::init_tracing;

@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("pg_ctl", "postgresql"),
+    ("postgres", "postgresql"),
     ("podman", "podman"),
     ("protoc", "protobuf-compiler"),
     ("psql", "postgresql-client"),

@@ -1,6 +1,7 @@
 //! Storage of the auth domain: the only code that knows the auth schema.
 //! [`AuthStore`] is the seam; [`sqlite::SqliteAuthStore`] is the embedded
-//! default (a database file in the data directory, beside the registry's).
+//! default (a database file in the data directory, beside the registry's);
+//! [`postgres::PgAuthStore`] is shared by scale-out replicas.
 
 use async_trait::async_trait;
 
@@ -9,6 +10,7 @@ use crate::model::{
     Account, AccountId, AuditEvent, Credential, Millis, Node, Role, User, UserId, UserKind,
 };
 
+pub mod postgres;
 pub mod sqlite;
 
 /// A token signing key (ES256). Private keys live in the database, in the

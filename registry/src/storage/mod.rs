@@ -6,7 +6,8 @@
 //! [`MetadataStore`] holds repositories, tags, manifests, references,
 //! upload sessions and links. The embedded default is [`fs::FsBlobStore`]
 //! plus [`sqlite::SqliteMetadata`]; scale-out engines implement the same
-//! traits.
+//! traits ([`postgres::PgMetadata`] for metadata). [`MetadataEngine`] and
+//! [`open`] choose and open them from configuration.
 
 use std::io;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use crate::manifest::ParsedManifest;
 use crate::names::{RepoName, Tag};
 
 pub mod fs;
+pub mod postgres;
 pub mod sqlite;
 
 /// A stream of body bytes, to or from a store.
@@ -562,6 +564,86 @@ pub fn open_embedded(
     let blobs = fs::FsBlobStore::open(data_dir.join("store"))?;
     let meta = sqlite::SqliteMetadata::open(data_dir.join("metadata.sqlite"), synchronous)?;
     Ok((std::sync::Arc::new(blobs), std::sync::Arc::new(meta)))
+}
+
+/// Where registry metadata lives.
+#[derive(Debug, Clone)]
+pub enum MetadataEngine {
+    /// SQLite in the data directory (the embedded default).
+    Embedded { synchronous: sqlite::Synchronous },
+    /// A PostgreSQL database shared by every replica.
+    Postgres(pg_pool::ConnectOptions),
+}
+
+impl MetadataEngine {
+    /// The engine a metadata URL names: none (or `embedded`) is SQLite in
+    /// the data directory; `postgres://…` or `postgresql://…` is
+    /// PostgreSQL, with `password` (from the environment or a file: kept out
+    /// of URLs, which end up in logs) replacing any in the URL.
+    pub fn from_url(
+        url: Option<&str>,
+        password: Option<String>,
+        synchronous: sqlite::Synchronous,
+        max_connections: usize,
+    ) -> Result<Self, StorageError> {
+        match url.map(str::trim) {
+            None | Some("") | Some("embedded") => Ok(MetadataEngine::Embedded { synchronous }),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Ok(MetadataEngine::Postgres(pg_pool::ConnectOptions {
+                    url: u.to_owned(),
+                    password,
+                    max_connections,
+                }))
+            }
+            Some(u) => Err(StorageError::Database(format!(
+                "unsupported metadata URL {:?}: use postgres://… or leave it unset for the embedded SQLite store",
+                u.split_once("://").map_or(u, |(scheme, _)| scheme)
+            ))),
+        }
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, MetadataEngine::Embedded { .. })
+    }
+
+    /// The PostgreSQL connection, for the stores that share the database.
+    pub fn postgres(&self) -> Option<&pg_pool::ConnectOptions> {
+        match self {
+            MetadataEngine::Postgres(o) => Some(o),
+            MetadataEngine::Embedded { .. } => None,
+        }
+    }
+}
+
+/// Opens the metadata store `engine` names (SQLite files go in `data_dir`).
+pub async fn open_metadata(
+    data_dir: &std::path::Path,
+    engine: &MetadataEngine,
+) -> Result<std::sync::Arc<dyn MetadataStore>, StorageError> {
+    Ok(match engine {
+        MetadataEngine::Embedded { synchronous } => {
+            std::fs::create_dir_all(data_dir)?;
+            std::sync::Arc::new(sqlite::SqliteMetadata::open(
+                data_dir.join("metadata.sqlite"),
+                *synchronous,
+            )?)
+        }
+        MetadataEngine::Postgres(options) => {
+            std::sync::Arc::new(postgres::PgMetadata::connect(options).await?)
+        }
+    })
+}
+
+/// Opens the engines of a registry: blobs on the filesystem under
+/// `data_dir`, metadata where `engine` says.
+pub async fn open(
+    data_dir: &std::path::Path,
+    engine: &MetadataEngine,
+) -> Result<Engines, StorageError> {
+    std::fs::create_dir_all(data_dir)?;
+    let blobs = fs::FsBlobStore::open(data_dir.join("store"))?;
+    let meta = open_metadata(data_dir, engine).await?;
+    Ok((std::sync::Arc::new(blobs), meta))
 }
 
 #[cfg(test)]

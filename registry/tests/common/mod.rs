@@ -1,5 +1,6 @@
 //! Helpers shared by the registry's integration tests: a registry on the
-//! real embedded engines in a temp dir, and pushes through the service.
+//! real engines (filesystem blobs in a temp dir; SQLite or PostgreSQL
+//! metadata), tests run on both, and pushes through the service.
 
 #![allow(clippy::unwrap_used, dead_code)]
 
@@ -7,21 +8,72 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use pg_pool::ConnectOptions;
 use registry::storage::sqlite::Synchronous;
-use registry::storage::{ByteStream, open_embedded};
+use registry::storage::{ByteStream, Engines, MetadataEngine, open};
 use registry::{Digest, Reference, Registry, RegistryConfig, RepoName, Tag};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
+/// The metadata engine a test runs on; blobs are always on the filesystem.
+#[derive(Debug, Clone, Copy)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a test's stores live, so that they can be opened again (a restart
+/// of the process): a temp data directory, plus a fresh database on the
+/// test process's private PostgreSQL server for [`Engine::Postgres`].
+pub struct Backing {
+    pub dir: tempfile::TempDir,
+    engine: Engine,
+    database: Option<String>,
+}
+
+impl Backing {
+    pub fn new(engine: Engine) -> Backing {
+        let database = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(test_support::Postgres::shared().create_database()),
+        };
+        Backing {
+            dir: tempfile::tempdir().unwrap(),
+            engine,
+            database,
+        }
+    }
+
+    /// Opens the engines (again), with SQLite at `synchronous`.
+    pub async fn open_with(&self, synchronous: Synchronous) -> Engines {
+        let engine = match (&self.engine, &self.database) {
+            (Engine::Postgres, Some(db)) => {
+                let pg = test_support::Postgres::shared();
+                MetadataEngine::Postgres(ConnectOptions {
+                    url: pg.url(db),
+                    password: Some(pg.password().to_owned()),
+                    max_connections: 8,
+                })
+            }
+            _ => MetadataEngine::Embedded { synchronous },
+        };
+        open(self.dir.path(), &engine).await.unwrap()
+    }
+
+    pub async fn open(&self) -> Engines {
+        self.open_with(Synchronous::Normal).await
+    }
+}
+
 pub struct Fixture {
-    pub _dir: tempfile::TempDir,
+    pub _backing: Backing,
     pub registry: Registry,
 }
 
-pub fn fixture(grace: Duration, upload_ttl: Duration) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let (blobs, meta) = open_embedded(dir.path(), Synchronous::Normal).unwrap();
+pub async fn fixture(engine: Engine, grace: Duration, upload_ttl: Duration) -> Fixture {
+    let backing = Backing::new(engine);
+    let (blobs, meta) = backing.open().await;
     let config = RegistryConfig {
         gc_grace: grace,
         upload_ttl,
@@ -29,8 +81,29 @@ pub fn fixture(grace: Duration, upload_ttl: Duration) -> Fixture {
     };
     Fixture {
         registry: Registry::new(blobs, meta, config),
-        _dir: dir,
+        _backing: backing,
     }
+}
+
+/// Runs each named `async fn(Engine)` as a test on each metadata engine
+/// (`sqlite::NAME`, `postgres::NAME`); `NAME { flavor = … }` passes
+/// arguments to `#[tokio::test]`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident $({ $($args:tt)* })?),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test$(($($args)*))?]
+            async fn $name() {
+                super::$name($crate::common::Engine::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test$(($($args)*))?]
+            async fn $name() {
+                super::$name($crate::common::Engine::Postgres).await
+            })*
+        }
+    };
 }
 
 pub fn stream(data: &[u8]) -> ByteStream {

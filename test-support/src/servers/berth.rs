@@ -33,9 +33,37 @@ pub struct BerthServerBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     startup_timeout: Duration,
+    postgres: Option<bool>,
+}
+
+/// Whether servers keep their metadata in PostgreSQL unless a test says:
+/// with `BERTH_TEST_METADATA=postgres`, or in a test binary whose target
+/// name ends in `_postgres` (a target that runs another's tests again,
+/// e.g. `deletes_postgres`).
+pub fn postgres_by_default() -> bool {
+    if let Ok(v) = std::env::var("BERTH_TEST_METADATA") {
+        return v == "postgres";
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+        // Cargo names test binaries `<target>-<hash>`.
+        .is_some_and(|name| {
+            name.rsplit_once('-')
+                .is_some_and(|(target, _)| target.ends_with("_postgres"))
+        })
 }
 
 impl BerthServerBuilder {
+    /// Keep registry metadata and the auth store in a fresh database on the
+    /// test process's private PostgreSQL ([`crate::Postgres::shared`]) instead
+    /// of the data directory's SQLite files (blobs stay in the data
+    /// directory). The default follows [`postgres_by_default`].
+    pub fn postgres_metadata(mut self, on: bool) -> Self {
+        self.postgres = Some(on);
+        self
+    }
+
     /// Use this data directory instead of a fresh temporary one. It is left
     /// in place when the server is dropped.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -104,6 +132,16 @@ impl BerthServerBuilder {
             Some(b) => b,
             None => workspace_bin("berth-server"),
         };
+        let mut envs = self.envs;
+        if self.postgres.unwrap_or_else(postgres_by_default) {
+            let pg = super::Postgres::shared();
+            // The database outlives restarts, like the data directory.
+            envs.push((
+                "BERTH_STORAGE__METADATA_URL".into(),
+                pg.url(&pg.create_database()).into(),
+            ));
+            envs.push(("BERTH_METADATA_PASSWORD".into(), pg.password().into()));
+        }
         let mut server = BerthServer {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -111,7 +149,7 @@ impl BerthServerBuilder {
             log: ProcessLog::new("berth-server")?,
             binary,
             args: self.args,
-            envs: self.envs,
+            envs,
             startup_timeout: self.startup_timeout,
             starts: 0,
         };
@@ -158,6 +196,7 @@ impl BerthServer {
             args: Vec::new(),
             envs: Vec::new(),
             startup_timeout: STARTUP_TIMEOUT,
+            postgres: None,
         }
     }
 

@@ -4,6 +4,8 @@
 //! - [`DockerRegistry`]: Debian's `docker-registry` (CNCF distribution 2.8),
 //!   the reference registry clients are checked against and the baseline of
 //!   the benchmarks.
+//! - [`Postgres`]: a private PostgreSQL server (Debian's `postgresql`), for
+//!   berth-server's stores on PostgreSQL.
 //!
 //! Both send their output to a log file and print its tail when dropped
 //! during a panic, so a failing test shows what the server said. The log
@@ -11,6 +13,7 @@
 
 mod berth;
 mod docker_registry;
+mod postgres;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -22,8 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tempfile::TempDir;
 
-pub use berth::{BerthServer, BerthServerBuilder};
+pub use berth::{BerthServer, BerthServerBuilder, postgres_by_default};
 pub use docker_registry::DockerRegistry;
+pub use postgres::{Postgres, secret_file};
 
 /// How many log lines a panicking test gets to see.
 const TAIL_LINES: usize = 50;
