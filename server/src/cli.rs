@@ -235,7 +235,10 @@ pub async fn run(cfg: &Config, cmd: Admin, opts: AdminOpts) -> anyhow::Result<()
     if let Admin::Gc = cmd {
         return gc(cfg, opts.json).await;
     }
-    let store = auth::open_embedded(&cfg.data_dir).context("opening the auth store")?;
+    let engine = cfg.metadata_engine()?;
+    let store = auth::open_store(&cfg.data_dir, engine.postgres())
+        .await
+        .context("opening the auth store")?;
     let svc = AuthService::open(store, cfg.auth_config()).await?;
     let j = opts.json;
     match cmd {

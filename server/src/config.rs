@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use registry::storage::MetadataEngine;
 use registry::storage::sqlite::Synchronous;
 use serde::{Deserialize, Serialize};
 
@@ -109,8 +110,22 @@ pub enum LogFormat {
 pub struct StorageConfig {
     /// `full` (default): every metadata commit is fsynced, so an
     /// acknowledged push survives power loss. `normal`: survives a crash of
-    /// the process but may lose the last commits on power loss.
+    /// the process but may lose the last commits on power loss. (The
+    /// embedded SQLite metadata only.)
     pub sync: Synchronous,
+    /// Where registry metadata and the auth store live. Unset (default):
+    /// embedded SQLite files in `data_dir`. `postgres://USER@HOST:PORT/DB`:
+    /// a PostgreSQL database that several replicas share (tables in the
+    /// schemas `registry` and `auth`). Keep the password out of the URL:
+    /// `metadata_password_file` or the `BERTH_METADATA_PASSWORD` variable.
+    /// Blobs stay in `data_dir`.
+    pub metadata_url: Option<String>,
+    /// File holding the database password (trailing newline ignored);
+    /// `BERTH_METADATA_PASSWORD`, if set, wins.
+    pub metadata_password_file: Option<PathBuf>,
+    /// Most connections each store (registry, auth) opens to PostgreSQL.
+    /// Default 16.
+    pub metadata_max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -152,6 +167,9 @@ impl Default for Config {
             },
             storage: StorageConfig {
                 sync: Synchronous::Full,
+                metadata_url: None,
+                metadata_password_file: None,
+                metadata_max_connections: 16,
             },
             limits: LimitsConfig {
                 max_blob_bytes: 64 << 30,
@@ -195,6 +213,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigError(pub Vec<String>);
+
+/// The variable holding the metadata database's password (not a
+/// configuration key: it stays out of the configuration dump).
+pub const METADATA_PASSWORD_ENV: &str = "BERTH_METADATA_PASSWORD";
 
 /// Values given on the command line, applied last.
 #[derive(Debug, Default, Clone)]
@@ -293,6 +315,17 @@ impl Config {
         if self.gc.enabled && self.gc.interval_secs == 0 {
             problems.push("gc.interval_secs must be positive when gc.enabled".into());
         }
+        if let Err(e) = MetadataEngine::from_url(
+            self.storage.metadata_url.as_deref(),
+            None,
+            self.storage.sync,
+            1,
+        ) {
+            problems.push(format!("storage.metadata_url: {e}"));
+        }
+        if self.storage.metadata_max_connections == 0 {
+            problems.push("storage.metadata_max_connections must be positive".into());
+        }
         if self.gc.sweep_every == 0 {
             problems.push("gc.sweep_every must be positive".into());
         }
@@ -377,6 +410,37 @@ impl Config {
         }
     }
 
+    /// The metadata engine `storage.metadata_url` names, with the password
+    /// from `BERTH_METADATA_PASSWORD` or `storage.metadata_password_file`.
+    pub fn metadata_engine(&self) -> Result<MetadataEngine, ConfigError> {
+        let st = &self.storage;
+        let password = match (
+            std::env::var(METADATA_PASSWORD_ENV).ok(),
+            &st.metadata_password_file,
+        ) {
+            (Some(p), _) => Some(p),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        ConfigError(vec![format!(
+                            "storage.metadata_password_file {}: {e}",
+                            file.display()
+                        )])
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        MetadataEngine::from_url(
+            st.metadata_url.as_deref(),
+            password,
+            st.sync,
+            st.metadata_max_connections,
+        )
+        .map_err(|e| ConfigError(vec![format!("storage.metadata_url: {e}")]))
+    }
+
     pub fn registry_config(&self) -> registry::RegistryConfig {
         registry::RegistryConfig {
             max_blob_size: self.limits.max_blob_bytes,
@@ -433,5 +497,38 @@ mod tests {
         let unknown = dir.path().join("unknown.toml");
         std::fs::write(&unknown, "listn = \"x\"\n").unwrap();
         assert!(Config::load(Some(&unknown), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn metadata_url_picks_the_engine() {
+        let mut cfg = Config::default();
+        assert!(cfg.metadata_engine().unwrap().is_embedded());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        cfg.storage.metadata_url = Some("postgres://berth@db.example:5432/berth".into());
+        cfg.storage.metadata_password_file = Some(secret);
+        cfg.validate().unwrap();
+        match cfg.metadata_engine().unwrap() {
+            MetadataEngine::Postgres(o) => {
+                assert_eq!(o.url, "postgres://berth@db.example:5432/berth");
+                // Unless BERTH_METADATA_PASSWORD is set around this test.
+                if std::env::var(METADATA_PASSWORD_ENV).is_err() {
+                    assert_eq!(o.password.as_deref(), Some("s3cret"));
+                }
+                assert_eq!(o.max_connections, 16);
+            }
+            other => panic!("{other:?}"),
+        }
+        cfg.storage.metadata_url = Some("mysql://db/berth".into());
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported metadata URL"),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("db/berth"),
+            "the URL may hold a password: {err}"
+        );
     }
 }

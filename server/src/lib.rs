@@ -30,7 +30,9 @@ use crate::metrics::Metrics;
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("opening the data directory {dir}: {source}")]
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("opening the stores (data directory {dir}): {source}")]
     Storage {
         dir: std::path::PathBuf,
         source: registry::storage::StorageError,
@@ -75,9 +77,12 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
-    /// Opens the embedded stores in `cfg.data_dir` and builds the routers.
+    /// Opens the stores (embedded in `cfg.data_dir`, or PostgreSQL per
+    /// `storage.metadata_url`) and builds the routers.
     pub async fn build(cfg: &Config) -> Result<App, ServeError> {
-        let (blobs, meta) = registry::storage::open_embedded(&cfg.data_dir, cfg.storage.sync)
+        let engine = cfg.metadata_engine()?;
+        let (blobs, meta) = registry::storage::open(&cfg.data_dir, &engine)
+            .await
             .map_err(|source| ServeError::Storage {
                 dir: cfg.data_dir.clone(),
                 source,
@@ -85,7 +90,10 @@ impl App {
         let registry = Registry::new(blobs, meta, cfg.registry_config());
         let metrics = Arc::new(Metrics::new());
         let auth = if cfg.auth.enabled {
-            Some(AuthService::open(::auth::open_embedded(&cfg.data_dir)?, cfg.auth_config()).await?)
+            // The auth store goes where the metadata goes: one database for
+            // every replica, or the data directory.
+            let store = ::auth::open_store(&cfg.data_dir, engine.postgres()).await?;
+            Some(AuthService::open(store, cfg.auth_config()).await?)
         } else {
             None
         };

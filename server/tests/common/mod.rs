@@ -52,6 +52,15 @@ pub struct Server {
     pub client: reqwest::Client,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
+    _secret: Option<tempfile::TempDir>,
+}
+
+/// Whether servers keep their metadata (and auth store) in PostgreSQL: in
+/// test targets named `*_postgres` (which run another target's tests
+/// again), or with `BERTH_TEST_METADATA=postgres`.
+pub fn metadata_on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_postgres")
+        || std::env::var("BERTH_TEST_METADATA").is_ok_and(|v| v == "postgres")
 }
 
 impl Drop for Server {
@@ -76,6 +85,16 @@ impl Server {
         cfg.shutdown_timeout_secs = 5;
         // Durability is not under test here; skip the fsync of every commit.
         cfg.storage.sync = registry::storage::sqlite::Synchronous::Normal;
+        let secret = metadata_on_postgres().then(|| {
+            // A fresh database on the test process's private PostgreSQL,
+            // the password from a file as an operator would give it.
+            let pg = test_support::Postgres::shared();
+            cfg.storage.metadata_url = Some(pg.url(&pg.create_database()));
+            let (dir, path) =
+                test_support::servers::secret_file(pg.password()).expect("password file");
+            cfg.storage.metadata_password_file = Some(path);
+            dir
+        });
         cfg.validate().expect("test configuration is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -95,9 +114,13 @@ impl Server {
                 .expect("client"),
             shutdown,
             _dir: dir,
+            _secret: secret,
         };
         let ping = srv.send(srv.req(Method::GET, "/v2/")).await;
         assert_eq!(ping.status, 200, "server did not answer GET /v2/");
+        // The suite really runs on the engine it claims to.
+        let sqlite = srv._dir.path().join("metadata.sqlite").exists();
+        assert_eq!(sqlite, !metadata_on_postgres(), "metadata engine");
         srv
     }
 
