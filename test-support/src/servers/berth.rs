@@ -133,7 +133,8 @@ impl BerthServerBuilder {
             None => workspace_bin("berth-server"),
         };
         let mut envs = self.envs;
-        if self.postgres.unwrap_or_else(postgres_by_default) {
+        let postgres = self.postgres.unwrap_or_else(postgres_by_default);
+        if postgres {
             let pg = super::Postgres::shared();
             // The database outlives restarts, like the data directory.
             envs.push((
@@ -152,7 +153,9 @@ impl BerthServerBuilder {
             envs,
             startup_timeout: self.startup_timeout,
             starts: 0,
+            postgres: false,
         };
+        server.postgres = postgres;
         server.spawn()?;
         Ok(server)
     }
@@ -186,6 +189,7 @@ pub struct BerthServer {
     envs: Vec<(OsString, OsString)>,
     startup_timeout: Duration,
     starts: u32,
+    postgres: bool,
 }
 
 impl BerthServer {
@@ -203,6 +207,11 @@ impl BerthServer {
     /// A server with default options on a fresh data directory.
     pub fn start() -> BerthServer {
         Self::builder().start()
+    }
+
+    /// Whether its metadata and auth store are in PostgreSQL.
+    pub fn uses_postgres(&self) -> bool {
+        self.postgres
     }
 
     /// The address of the current (or last) run.
@@ -380,5 +389,16 @@ impl Drop for BerthServer {
     fn drop(&mut self) {
         self.kill9();
         self.log.print_tail_if_panicking();
+        // A test meant for PostgreSQL really ran on it. Checked at the end:
+        // the server writes its address before it opens its stores.
+        if self.postgres
+            && !std::thread::panicking()
+            && self.data_dir().join("metadata.sqlite").exists()
+        {
+            panic!(
+                "berth-server was to keep its metadata in PostgreSQL but wrote {}",
+                self.data_dir().join("metadata.sqlite").display()
+            );
+        }
     }
 }
