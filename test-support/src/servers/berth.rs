@@ -134,15 +134,24 @@ impl BerthServerBuilder {
         };
         let mut envs = self.envs;
         let postgres = self.postgres.unwrap_or_else(postgres_by_default);
+        let mut metadata_env = Vec::new();
         if postgres {
             let pg = super::Postgres::shared();
             // The database outlives restarts, like the data directory.
-            envs.push((
-                "BERTH_STORAGE__METADATA_URL".into(),
-                pg.url(&pg.create_database()).into(),
+            metadata_env.push((
+                "BERTH_STORAGE__METADATA_URL".to_owned(),
+                pg.url(&pg.create_database()),
             ));
-            envs.push(("BERTH_METADATA_PASSWORD".into(), pg.password().into()));
+            metadata_env.push((
+                "BERTH_METADATA_PASSWORD".to_owned(),
+                pg.password().to_owned(),
+            ));
         }
+        envs.extend(
+            metadata_env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        );
         let mut server = BerthServer {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -154,6 +163,7 @@ impl BerthServerBuilder {
             startup_timeout: self.startup_timeout,
             starts: 0,
             postgres: false,
+            metadata_env,
         };
         server.postgres = postgres;
         server.spawn()?;
@@ -190,6 +200,7 @@ pub struct BerthServer {
     startup_timeout: Duration,
     starts: u32,
     postgres: bool,
+    metadata_env: Vec<(String, String)>,
 }
 
 impl BerthServer {
@@ -212,6 +223,12 @@ impl BerthServer {
     /// Whether its metadata and auth store are in PostgreSQL.
     pub fn uses_postgres(&self) -> bool {
         self.postgres
+    }
+
+    /// The environment that points berth-server at its metadata database
+    /// (empty on the embedded store): what `berth-server admin` needs too.
+    pub fn metadata_env(&self) -> &[(String, String)] {
+        &self.metadata_env
     }
 
     /// The address of the current (or last) run.

@@ -107,6 +107,9 @@ impl AuthServer {
             builder = builder.env(k, v);
         }
         let server = builder.start();
+        // The admin CLI works on the same auth store (PostgreSQL in the
+        // `*_postgres` targets).
+        env.extend(server.metadata_env().iter().cloned());
         // The node address is written before the main one, which `start`
         // waited for.
         let node_addr: SocketAddr = std::fs::read_to_string(&node_addr_file)
