@@ -119,10 +119,10 @@ impl std::fmt::Debug for ConnectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let url = match self.url.split_once("://") {
             Some((scheme, rest)) => match rest.split_once('@') {
-                Some((user, host)) => {
-                    let user = user.split_once(':').map_or(user, |(u, _)| u);
-                    format!("{scheme}://{user}:***@{host}")
-                }
+                Some((user, host)) => match user.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                    None => format!("{scheme}://{user}@{host}"),
+                },
                 None => self.url.clone(),
             },
             None => "***".to_owned(),
@@ -233,6 +233,9 @@ impl Pool {
         let tx = client.transaction().await?;
         // One migrator at a time, even with every replica starting at once;
         // the lock ends with the transaction.
+        // "already exists, skipping" notices on every start are noise.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")
+            .await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1::text))",
             &[&format!("berth-migrate:{schema}")],

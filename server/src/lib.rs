@@ -81,6 +81,15 @@ impl App {
     /// `storage.metadata_url`) and builds the routers.
     pub async fn build(cfg: &Config) -> Result<App, ServeError> {
         let engine = cfg.metadata_engine()?;
+        match &engine {
+            registry::storage::MetadataEngine::Embedded { .. } => {
+                tracing::info!(data_dir = %cfg.data_dir.display(), "metadata and auth store: SQLite in the data directory");
+            }
+            // The options' Debug hides the password.
+            registry::storage::MetadataEngine::Postgres(options) => {
+                tracing::info!(database = ?options, "metadata and auth store: PostgreSQL");
+            }
+        }
         let (blobs, meta) = registry::storage::open(&cfg.data_dir, &engine)
             .await
             .map_err(|source| ServeError::Storage {
