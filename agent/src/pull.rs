@@ -1006,7 +1006,9 @@ impl Puller {
                             None => {}
                         }
                         if buf.len() >= WRITE_CHUNK || (ended && !buf.is_empty()) {
-                            let piece = buf.split().freeze();
+                            let piece =
+                                std::mem::replace(&mut buf, BytesMut::with_capacity(WRITE_CHUNK))
+                                    .freeze();
                             let n = piece.len() as u64;
                             if written + n > blob.size {
                                 return Err(PullError::Digest {

@@ -222,6 +222,39 @@ struct Applier<'a> {
     dirs: Vec<(PathBuf, Times)>,
     /// What this layer wrote (a plain tree's opaque directory keeps it).
     written: HashSet<PathBuf>,
+    /// File bodies go through it (see `copy_large`).
+    buffer: Vec<u8>,
+}
+
+/// File bodies are copied in pieces of this size: `io::copy`'s 8 KiB
+/// meant a write system call, a decoder call and a hash update per 8 KiB.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// Copies `from` to `to` through `buffer` (filled as far as it goes before
+/// each write).
+fn copy_large(
+    from: &mut impl Read,
+    to: &mut impl io::Write,
+    buffer: &mut Vec<u8>,
+) -> io::Result<u64> {
+    buffer.resize(COPY_BUFFER, 0);
+    let mut total = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match from.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        to.write_all(&buffer[..filled])?;
+        total += filled as u64;
+    }
 }
 
 impl<'a> Applier<'a> {
@@ -236,6 +269,7 @@ impl<'a> Applier<'a> {
             overlay,
             dirs: Vec::new(),
             written: HashSet::new(),
+            buffer: Vec::new(),
         }
     }
 
@@ -307,7 +341,8 @@ impl<'a> Applier<'a> {
                     .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(io_err(format!("creating {shown}")))?;
-                io::copy(entry, &mut f).map_err(io_err(format!("writing {shown}")))?;
+                copy_large(entry, &mut f, &mut self.buffer)
+                    .map_err(io_err(format!("writing {shown}")))?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
