@@ -1096,14 +1096,16 @@ impl Puller {
                 actual,
             });
         }
+        // Verified: the unpacker may commit its snapshot, while containerd
+        // commits (and fsyncs) the blob. Should that commit fail, the pull
+        // fails and its lease takes the snapshot with it.
+        if let Some(sp) = &spool.0 {
+            sp.finish(Ok(()));
+        }
         match writer.commit(job.labels.clone()).await {
             Ok(()) => {}
             Err(e) if e.code() == Some(Code::AlreadyExists) => {}
             Err(e) => return Err(e.into()),
-        }
-        // Verified and committed: the unpacker may commit its snapshot.
-        if let Some(sp) = &spool.0 {
-            sp.finish(Ok(()));
         }
         progress(Progress::BlobDone {
             digest: blob.digest.clone(),
@@ -1166,7 +1168,7 @@ impl Puller {
                 .await;
                 match r {
                     // The whole stream was read, so the download ended
-                    // well: verified and in the content store.
+                    // well: its digest verified.
                     Ok(Ok(diff_id)) => diff_id,
                     Ok(Err(source)) => {
                         let _ = self.containerd.remove_snapshot(&key).await;

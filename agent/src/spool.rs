@@ -23,8 +23,8 @@ pub struct Spool {
 #[derive(Debug, Default)]
 struct State {
     written: u64,
-    /// Set once: Ok after the blob's digest was verified and it was
-    /// committed to containerd, Err when the download failed.
+    /// Set once: Ok once the blob's digest verified, Err when the
+    /// download failed.
     end: Option<Result<(), String>>,
 }
 
