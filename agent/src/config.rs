@@ -87,11 +87,24 @@ pub struct ContainerdSettings {
     pub root: PathBuf,
 }
 
+/// Who applies layers to snapshots (see `PullSettings::unpack`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnpackBy {
+    Agent,
+    Containerd,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PullSettings {
     /// Layers downloaded at once by one pull.
     pub max_parallel_layers: usize,
+    /// Who writes layers into snapshots: `agent` (as they download, with
+    /// containerd's rules; overlayfs and native snapshotters, gzip and
+    /// plain tar layers; anything else falls back) or `containerd`
+    /// (Diff.Apply after each download).
+    pub unpack: UnpackBy,
     /// Download limit over all pulls of this process, bytes per second.
     pub bandwidth_limit_bytes_per_sec: Option<u64>,
     /// Attempts per blob or manifest before a pull fails.
@@ -214,6 +227,7 @@ impl Default for PullSettings {
     fn default() -> Self {
         PullSettings {
             max_parallel_layers: 3,
+            unpack: UnpackBy::Agent,
             bandwidth_limit_bytes_per_sec: None,
             max_attempts: 6,
             backoff_base_ms: 200,

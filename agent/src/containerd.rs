@@ -326,6 +326,7 @@ impl Containerd {
             digest: digest.to_owned(),
             total,
             offset: first.offset,
+            pending: std::collections::VecDeque::new(),
         })
     }
 
@@ -541,9 +542,20 @@ pub struct ContentWriter {
     ingest_ref: String,
     digest: String,
     total: i64,
-    /// Bytes containerd holds for this ingest.
+    /// Bytes sent for this ingest (containerd's offset once every pending
+    /// write is answered).
     offset: i64,
+    /// The offsets containerd must answer the writes in flight with, in
+    /// order.
+    pending: std::collections::VecDeque<i64>,
 }
+
+/// Writes sent to containerd before the first of them must be answered.
+/// containerd answers each write after writing and hashing it; waiting for
+/// every answer before sending the next chunk (as ctr's writer does) leaves
+/// containerd idle while the agent prepares the next one and the agent
+/// idle while containerd hashes.
+const WRITES_IN_FLIGHT: usize = 4;
 
 impl ContentWriter {
     /// Where containerd's ingest stands (bytes already written).
@@ -575,11 +587,14 @@ impl ContentWriter {
         }
     }
 
-    async fn exchange(&mut self, req: WriteContentRequest, op: &'static str) -> Result<i64> {
+    async fn send(&mut self, req: WriteContentRequest, op: &'static str) -> Result<()> {
         self.tx
             .send(req)
             .await
-            .map_err(|e| ContainerdError::Protocol(format!("{op}: {e}")))?;
+            .map_err(|e| ContainerdError::Protocol(format!("{op}: {e}")))
+    }
+
+    async fn response(&mut self, op: &'static str) -> Result<i64> {
         let resp = self
             .responses
             .message()
@@ -587,6 +602,22 @@ impl ContentWriter {
             .map_err(ContainerdError::call(op))?
             .ok_or_else(|| ContainerdError::Protocol(format!("{op}: stream closed")))?;
         Ok(resp.offset)
+    }
+
+    /// Waits for the oldest write in flight; its answer must be the offset
+    /// it was sent to reach.
+    async fn settle_one(&mut self) -> Result<()> {
+        let Some(expected) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let offset = self.response("content write").await?;
+        if offset != expected {
+            return Err(ContainerdError::Protocol(format!(
+                "content write of {}: containerd is at {offset}, expected {expected}",
+                self.digest
+            )));
+        }
+        Ok(())
     }
 
     /// Appends `data` at the current offset.
@@ -599,24 +630,24 @@ impl ContentWriter {
         self.offset = 0;
     }
 
+    /// Sends `data` for the current offset; up to `WRITES_IN_FLIGHT`
+    /// writes wait for containerd's answer at once (checked in order).
     pub async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
         let len = i64::try_from(data.len()).unwrap_or(i64::MAX);
         let req = WriteContentRequest {
             action: WriteAction::Write as i32,
             r#ref: self.ingest_ref.clone(),
             offset: self.offset,
-            data: data.to_vec(),
+            // Without a copy when the caller holds the only reference.
+            data: Vec::from(data),
             ..WriteContentRequest::default()
         };
-        let offset = self.exchange(req, "content write").await?;
-        if offset != self.offset + len {
-            return Err(ContainerdError::Protocol(format!(
-                "content write of {}: containerd is at {offset}, expected {}",
-                self.digest,
-                self.offset + len
-            )));
+        self.send(req, "content write").await?;
+        self.offset += len;
+        self.pending.push_back(self.offset);
+        while self.pending.len() >= WRITES_IN_FLIGHT {
+            self.settle_one().await?;
         }
-        self.offset = offset;
         Ok(())
     }
 
@@ -633,7 +664,11 @@ impl ContentWriter {
             labels,
             ..WriteContentRequest::default()
         };
-        self.exchange(req, "content commit").await?;
+        while !self.pending.is_empty() {
+            self.settle_one().await?;
+        }
+        self.send(req, "content commit").await?;
+        self.response("content commit").await?;
         self.tx.close_channel();
         // containerd 1.6 answers the commit once more after the client
         // closes its side: drain the stream so the call ends cleanly.

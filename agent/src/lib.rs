@@ -29,7 +29,9 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod runtime;
+pub mod spool;
 pub mod supervisor;
+pub mod unpack;
 
 pub use config::AgentConfig;
 pub use pull::{Progress, PullError, Pulled, Puller};

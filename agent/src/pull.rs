@@ -29,6 +29,8 @@ use crate::identity::{AuthError, NodeAuth};
 use crate::platform::Platform;
 use crate::reference::{ImageRef, ReferenceError};
 use crate::registry::{BlobRef, Failure, RateLimiter, Registry, RegistryError, RetryPolicy};
+use crate::spool::Spool;
+use crate::unpack::{Compression, Target};
 
 /// Pieces sent to containerd at once: few round trips, bounded memory.
 const WRITE_CHUNK: usize = 1 << 20;
@@ -64,6 +66,12 @@ pub enum PullError {
         layer: String,
         expected: String,
         actual: String,
+    },
+    #[error("layer {layer}: {source}")]
+    Unpack {
+        layer: String,
+        #[source]
+        source: crate::unpack::UnpackError,
     },
     #[error("not enough disk space on {path}: need {need} bytes, {free} free")]
     DiskSpace { path: String, need: u64, free: u64 },
@@ -174,6 +182,10 @@ pub struct Puller {
     locks: Locks,
     /// Where the locks shared with the node's other agent processes live.
     lock_dir: std::path::PathBuf,
+    /// Whether the agent applies layers itself (see `unpack.rs`).
+    unpack_in_agent: bool,
+    /// Where layers wait for the unpacker (unnamed files).
+    spool_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Puller {
@@ -184,6 +196,25 @@ impl std::fmt::Debug for Puller {
             .field("platform", &self.platform)
             .finish()
     }
+}
+
+/// Ends a spool with an error unless the download ended it well first.
+struct SpoolEnd(Option<Arc<Spool>>);
+
+impl Drop for SpoolEnd {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.finish(Err("the layer's download did not complete".into()));
+        }
+    }
+}
+
+/// What the downloads tell the unpacker.
+enum LayerEvent {
+    /// Layer `i` started downloading into this spool.
+    Started(usize, Arc<Spool>),
+    /// Layer `i` is in the content store (the bytes downloaded) or failed.
+    Done(usize, Result<u64, PullError>),
 }
 
 /// One blob of the image, with the labels it gets in containerd.
@@ -230,6 +261,8 @@ impl Puller {
             min_free: cfg.pull.min_free_bytes,
             locks: Locks::default(),
             lock_dir: cfg.data_dir.join("locks"),
+            unpack_in_agent: cfg.pull.unpack == crate::config::UnpackBy::Agent,
+            spool_dir: cfg.data_dir.join("spool"),
         })
     }
 
@@ -567,62 +600,92 @@ impl Puller {
             })
             .collect();
         // Downloads start in manifest order, so the lowest layers finish
-        // first; each layer is unpacked as soon as it and every layer below
-        // it are in the content store, while the later ones still download
-        // (unpacking after the last download, as ctr 1.6 does, leaves the
-        // network idle during every Diff.Apply and containerd's disk idle
-        // during the downloads).
-        let (done_tx, mut done_rx) =
-            futures::channel::mpsc::unbounded::<(usize, Result<u64, PullError>)>();
+        // first; each layer is unpacked as soon as the layers below it are,
+        // while the later ones still download (unpacking after the last
+        // download, as ctr 1.6 does, leaves the network idle during every
+        // unpack and containerd's disk idle during the downloads). When the
+        // agent unpacks (`unpack.rs`), a layer's unpacking starts with its
+        // download, reading the bytes as they arrive through its spool;
+        // with Diff.Apply it starts once the layer is in the content store.
+        let (event_tx, mut events) = futures::channel::mpsc::unbounded::<LayerEvent>();
         let downloads = async move {
             futures::stream::iter(jobs.iter().enumerate())
                 .for_each_concurrent(self.parallel, |(i, job)| {
-                    let done = done_tx.clone();
+                    let events = event_tx.clone();
                     async move {
-                        let r = self.fetch_blob(image, lease, job, progress).await;
+                        let started = |spool: Arc<Spool>| {
+                            let _ = events.unbounded_send(LayerEvent::Started(i, spool));
+                        };
+                        let r = self.fetch_blob(image, lease, job, progress, &started).await;
                         // The receiver outlives every download (it drains
                         // until all senders are gone).
-                        let _ = done.unbounded_send((i, r));
+                        let _ = events.unbounded_send(LayerEvent::Done(i, r));
                     }
                 })
                 .await;
         };
         let unpacking = async {
-            let mut ready = vec![false; layers.len()];
+            let n = layers.len();
+            let mut spools: Vec<Option<Arc<Spool>>> = vec![None; n];
+            let mut done = vec![false; n];
             let mut failed: Option<PullError> = None;
+            let mut unpack_failed: Option<PullError> = None;
             let mut next = 0;
             let mut parent = String::new();
-            while let Some((i, r)) = done_rx.next().await {
-                match r {
-                    Ok(n) => {
-                        downloaded.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-                        ready[i] = true;
+            while let Some(event) = events.next().await {
+                match event {
+                    LayerEvent::Started(i, spool) => spools[i] = Some(spool),
+                    LayerEvent::Done(i, Ok(bytes)) => {
+                        downloaded.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                        done[i] = true;
                     }
-                    Err(e) => {
+                    LayerEvent::Done(_, Err(e)) => {
                         failed.get_or_insert(e);
                     }
                 }
                 // After a failure the remaining downloads still run to
                 // their end (as before): nothing is cancelled mid-write.
-                while failed.is_none() && next < layers.len() && ready[next] {
+                while failed.is_none()
+                    && unpack_failed.is_none()
+                    && next < n
+                    && (done[next] || spools[next].is_some())
+                {
+                    // A spooled layer is unpacked from its spool, while it
+                    // downloads or after; one without (in the content
+                    // store already, or not for the agent) by Diff.Apply.
+                    let spool = spools[next].take();
+                    let watched = spool.clone();
                     if let Err(e) = self
-                        .unpack_layer(lease, next, layers, &diff_ids, &chain, &parent, progress)
+                        .unpack_layer(
+                            lease, next, layers, &diff_ids, &chain, &parent, spool, progress,
+                        )
                         .await
                     {
-                        failed = Some(e);
+                        // Corrupt bytes fail the unpacker before the
+                        // download ends; when the download fails too, its
+                        // error (a digest mismatch, say) is the one to
+                        // report, and it comes next.
+                        let download_failed = match watched {
+                            Some(s) => !matches!(
+                                tokio::task::spawn_blocking(move || s.wait_end()).await,
+                                Ok(Ok(()))
+                            ),
+                            None => false,
+                        };
+                        if download_failed {
+                            unpack_failed = Some(e);
+                        } else {
+                            failed = Some(e);
+                        }
                         break;
                     }
                     parent.clone_from(&chain[next]);
                     next += 1;
                 }
             }
-            match failed {
+            match failed.or(unpack_failed) {
                 Some(e) => Err(e),
-                None if next < layers.len() => Err(PullError::Other(format!(
-                    "{} of {} layers unpacked",
-                    next,
-                    layers.len()
-                ))),
+                None if next < n => Err(PullError::Other(format!("{next} of {n} layers unpacked"))),
                 None => Ok(()),
             }
         };
@@ -784,6 +847,43 @@ impl Puller {
         }
     }
 
+    /// Takes a blob containerd already holds into `lease` and labels it;
+    /// false when containerd does not hold it.
+    ///
+    /// The lease reference comes first: content seen before it was taken
+    /// may be collected in between (a failed pull's lease was just
+    /// dropped and containerd's GC runs in the background), and labelling
+    /// it would then fail with NotFound. Seen after it, it stays.
+    async fn adopt_existing(
+        &self,
+        lease: &str,
+        digest: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<bool, PullError> {
+        self.containerd
+            .lease_resource(lease, digest, "content")
+            .await?;
+        if self.containerd.content_info(digest).await?.is_none() {
+            return Ok(false);
+        }
+        self.containerd.label_content(digest, labels).await?;
+        Ok(true)
+    }
+
+    /// A spool for `blob` when the agent unpacks it itself.
+    fn spool_for(&self, blob: &BlobRef) -> Option<Arc<Spool>> {
+        if !self.unpack_in_agent || Compression::of_media_type(&blob.media_type).is_none() {
+            return None;
+        }
+        match Spool::create(&self.spool_dir) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(dir = %self.spool_dir.display(), error = %e, "no spool; containerd unpacks this layer");
+                None
+            }
+        }
+    }
+
     /// Writes an in-memory blob (config, manifest, index) with `labels`,
     /// or labels it when containerd already has it.
     async fn put_small(
@@ -798,11 +898,10 @@ impl Puller {
         // The ingest ref is per digest: another agent process writing the
         // same blob must not abort this one's ingest.
         let _node_held = self.node_lock(&blob.digest).await?;
-        if self.containerd.content_info(&blob.digest).await?.is_some() {
-            self.containerd
-                .lease_resource(lease, &blob.digest, "content")
-                .await?;
-            self.containerd.label_content(&blob.digest, labels).await?;
+        if self
+            .adopt_existing(lease, &blob.digest, labels.clone())
+            .await?
+        {
             return Ok(());
         }
         let ingest = format!("berth-{}", blob.digest);
@@ -833,6 +932,7 @@ impl Puller {
         lease: &str,
         job: &Job,
         progress: &ProgressFn,
+        started: &(dyn Fn(Arc<Spool>) + Sync),
     ) -> Result<u64, PullError> {
         let blob = &job.blob;
         let lock = self.locks.get(&blob.digest);
@@ -844,13 +944,10 @@ impl Puller {
             digest: blob.digest.clone(),
             size: blob.size,
         });
-        if self.containerd.content_info(&blob.digest).await?.is_some() {
-            self.containerd
-                .lease_resource(lease, &blob.digest, "content")
-                .await?;
-            self.containerd
-                .label_content(&blob.digest, job.labels.clone())
-                .await?;
+        if self
+            .adopt_existing(lease, &blob.digest, job.labels.clone())
+            .await?
+        {
             progress(Progress::BlobDone {
                 digest: blob.digest.clone(),
                 existed: true,
@@ -875,6 +972,13 @@ impl Puller {
         if writer.offset() != 0 {
             tracing::debug!(%ingest, kept = writer.offset(), "ingest not emptied by the abort; truncating");
             writer.start_over();
+        }
+        // The agent's unpacker reads the layer from here as it arrives.
+        // Ended with an error by the guard whatever way this returns,
+        // unless it ends well below.
+        let spool = SpoolEnd(self.spool_for(blob));
+        if let Some(sp) = &spool.0 {
+            started(Arc::clone(sp));
         }
         let mut written = 0u64;
         let mut attempt = 0u32;
@@ -902,7 +1006,9 @@ impl Puller {
                             None => {}
                         }
                         if buf.len() >= WRITE_CHUNK || (ended && !buf.is_empty()) {
-                            let piece = buf.split().freeze();
+                            let piece =
+                                std::mem::replace(&mut buf, BytesMut::with_capacity(WRITE_CHUNK))
+                                    .freeze();
                             let n = piece.len() as u64;
                             if written + n > blob.size {
                                 return Err(PullError::Digest {
@@ -914,6 +1020,13 @@ impl Puller {
                                 l.acquire(piece.len()).await;
                             }
                             hasher.update(&piece);
+                            if let Some(sp) = &spool.0 {
+                                let (sp, piece) = (Arc::clone(sp), piece.clone());
+                                tokio::task::spawn_blocking(move || sp.append(&piece))
+                                    .await
+                                    .map_err(|e| PullError::Other(format!("spool: {e}")))?
+                                    .map_err(|e| PullError::Other(format!("spool: {e}")))?;
+                            }
                             writer.write(piece).await?;
                             written += n;
                             progress(Progress::BlobBytes {
@@ -983,6 +1096,12 @@ impl Puller {
                 actual,
             });
         }
+        // Verified: the unpacker may commit its snapshot, while containerd
+        // commits (and fsyncs) the blob. Should that commit fail, the pull
+        // fails and its lease takes the snapshot with it.
+        if let Some(sp) = &spool.0 {
+            sp.finish(Ok(()));
+        }
         match writer.commit(job.labels.clone()).await {
             Ok(()) => {}
             Err(e) if e.code() == Some(Code::AlreadyExists) => {}
@@ -1006,6 +1125,7 @@ impl Puller {
         diff_ids: &[String],
         chain: &[String],
         parent: &str,
+        spool: Option<Arc<Spool>>,
         progress: &ProgressFn,
     ) -> Result<(), PullError> {
         let snapshot_kind = format!("snapshots/{}", self.containerd.snapshotter());
@@ -1018,10 +1138,12 @@ impl Puller {
         let lock = self.locks.get(&format!("snapshot:{chain_id}"));
         let _held = lock.lock().await;
         let _node_held = self.node_lock(&format!("snapshot:{chain_id}")).await?;
+        // Leased before the check, as in `adopt_existing`: a snapshot
+        // seen unleased could be collected before the lease took it.
+        self.containerd
+            .lease_resource(lease, chain_id, &snapshot_kind)
+            .await?;
         if self.containerd.snapshot_exists(chain_id).await? {
-            self.containerd
-                .lease_resource(lease, chain_id, &snapshot_kind)
-                .await?;
             return Ok(());
         }
         let key = format!("extract-{}-{chain_id}", uuid::Uuid::new_v4());
@@ -1032,11 +1154,55 @@ impl Puller {
             size: layer.size as i64,
             annotations: HashMap::new(),
         };
-        let applied = match self.containerd.apply(lease, desc, mounts).await {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = self.containerd.remove_snapshot(&key).await;
-                return Err(e.into());
+        let target = match (&spool, mounts.as_slice()) {
+            (Some(_), [m]) => Target::from_mount(&m.r#type, &m.source, &m.options),
+            _ => None,
+        };
+        let compression = Compression::of_media_type(&layer.media_type);
+        let applied = match (spool, target, compression) {
+            (Some(spool), Some(target), Some(compression)) => {
+                let reader = spool.reader();
+                let r = tokio::task::spawn_blocking(move || {
+                    crate::unpack::apply(&target, compression, reader)
+                })
+                .await;
+                match r {
+                    // The whole stream was read, so the download ended
+                    // well: its digest verified.
+                    Ok(Ok(diff_id)) => diff_id,
+                    Ok(Err(source)) => {
+                        let _ = self.containerd.remove_snapshot(&key).await;
+                        return Err(PullError::Unpack {
+                            layer: layer.digest.clone(),
+                            source,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = self.containerd.remove_snapshot(&key).await;
+                        return Err(PullError::Other(format!("unpacking {}: {e}", layer.digest)));
+                    }
+                }
+            }
+            (spool, _, _) => {
+                // Diff.Apply reads the blob from the content store: its
+                // download must be over.
+                if let Some(spool) = spool {
+                    let end = tokio::task::spawn_blocking(move || spool.wait_end()).await;
+                    if !matches!(end, Ok(Ok(()))) {
+                        let _ = self.containerd.remove_snapshot(&key).await;
+                        return Err(PullError::Other(format!(
+                            "layer {}: the download did not complete",
+                            layer.digest
+                        )));
+                    }
+                }
+                match self.containerd.apply(lease, desc, mounts).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = self.containerd.remove_snapshot(&key).await;
+                        return Err(e.into());
+                    }
+                }
             }
         };
         if applied != diff_ids[i] {

@@ -355,7 +355,19 @@ impl Runtime {
             } else {
                 Vec::new()
             },
-            capabilities: self.privileged_capabilities().await,
+            // Only "every capability" needs the host's set (one more
+            // connection to containerd's socket).
+            capabilities: if req.overrides.settings.privileged
+                || req
+                    .overrides
+                    .settings
+                    .cap_add
+                    .contains(&settings::CapName::All)
+            {
+                self.privileged_capabilities().await
+            } else {
+                None
+            },
         };
         let network = req.overrides.settings.network;
         let host_files = if network == settings::NetworkMode::Host {

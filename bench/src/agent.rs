@@ -616,9 +616,10 @@ pub async fn pull(
     }
     let settings_note = format!(
         "agent-pull: berth-agent's pull settings (its defaults unless BERTH_AGENT_PULL__* is set): \
-         max_parallel_layers {}, bandwidth limit {}; ctr images pull with its defaults \
-         (--max-concurrent-downloads 0: every layer at once)",
+         max_parallel_layers {}, unpack by {}, bandwidth limit {}; ctr images pull with its \
+         defaults (--max-concurrent-downloads 0: every layer at once; Diff.Apply)",
         settings["max_parallel_layers"],
+        settings["unpack"].as_str().unwrap_or("?"),
         match &settings["bandwidth_limit_bytes_per_sec"] {
             Value::Null => "none".to_owned(),
             v => v.to_string(),

@@ -515,6 +515,9 @@ async fn a_flipped_byte_fails_the_pull_and_leaves_nothing_corrupt() {
     s.assert_no_lease();
     let name = format!("{}/{ACME_NS}/big:v1", proxy.host());
     assert_eq!(listed_digest(&s.ctrd, &name), None);
+    // Nor a snapshot the agent was unpacking the bytes into as they came.
+    let snapshots = s.ctrd.run_ctr(["snapshots", "ls"]).unwrap();
+    assert_eq!(snapshots.lines().count(), 1, "{snapshots}");
 
     // The path is clean again: the same pull succeeds.
     proxy.set_fault(None);

@@ -32,6 +32,8 @@ pub struct AgentOptions {
     pub max_attempts: Option<u32>,
     /// JSON log lines (tests that read the daemon's log).
     pub log_json: bool,
+    /// `pull.unpack` (`agent` or `containerd`; the agent's default when unset).
+    pub unpack: Option<&'static str>,
 }
 
 /// The agent's configuration file for `node` against `srv` and `ctrd`.
@@ -54,6 +56,10 @@ pub fn agent_config_with(
     let attempts = opts
         .max_attempts
         .map(|n| format!("max_attempts = {n}\n"))
+        .unwrap_or_default();
+    let unpack = opts
+        .unpack
+        .map(|u| format!("unpack = \"{u}\"\n"))
         .unwrap_or_default();
     let log = if opts.log_json {
         "\n[log]\nlevel = \"info\"\nformat = \"json\"\n"
@@ -85,7 +91,7 @@ max_parallel_layers = 3
 backoff_base_ms = 50
 backoff_max_ms = 500
 min_free_bytes = {min_free}
-{bandwidth}{attempts}{log}"#,
+{bandwidth}{attempts}{unpack}{log}"#,
         data = dir.join("agent-data").display(),
         url = opts.registry_url.clone().unwrap_or_else(|| srv.url()),
         node_addr = srv.node_addr,
