@@ -402,7 +402,7 @@ impl<'a> Applier<'a> {
             set_xattr(&path, key, value)?;
         }
         if chmod {
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode as u32))
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                 .map_err(io_err(format!("chmod {shown}")))?;
         }
         if kind.is_dir() {
