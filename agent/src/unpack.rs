@@ -518,8 +518,8 @@ impl<'a> Applier<'a> {
                     set_times(
                         path,
                         Times {
-                            atime: TimeSpec::new(m.atime(), m.atime_nsec()),
-                            mtime: TimeSpec::new(m.mtime(), m.mtime_nsec()),
+                            atime: timespec(m.atime(), m.atime_nsec()),
+                            mtime: timespec(m.mtime(), m.mtime_nsec()),
                         },
                     )?;
                     if let Ok(names) = xattr::list(&candidate) {
@@ -672,12 +672,15 @@ fn device(header: &tar::Header) -> Result<u64, UnpackError> {
 /// `latestTime`).
 fn entry_times<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Times, UnpackError> {
     let header = entry.header();
-    let mut mtime = TimeSpec::new(header.mtime().unwrap_or(0) as i64, 0);
+    let mut mtime = timespec(
+        i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(i64::MAX),
+        0,
+    );
     let mut atime = header
         .as_gnu()
         .and_then(|g| g.atime().ok())
         .filter(|a| *a != 0)
-        .map(|a| TimeSpec::new(a as i64, 0));
+        .map(|a| timespec(i64::try_from(a).unwrap_or(i64::MAX), 0));
     if let Some(pax) = entry
         .pax_extensions()
         .map_err(|e| UnpackError::Archive(format!("pax records: {e}")))?
@@ -710,9 +713,24 @@ fn parse_pax_time(s: &str) -> Option<TimeSpec> {
         nanos += i64::from(d.to_digit(10)?) * 10i64.pow(8 - i as u32);
     }
     if secs < 0 && nanos > 0 {
-        return Some(TimeSpec::new(secs - 1, 1_000_000_000 - nanos));
+        return Some(timespec(secs - 1, 1_000_000_000 - nanos));
     }
-    Some(TimeSpec::new(secs, nanos))
+    Some(timespec(secs, nanos))
+}
+
+/// A `TimeSpec` from 64-bit seconds and nanoseconds. `time_t` has 32 bits
+/// on armhf: times beyond its range saturate there.
+#[allow(clippy::useless_conversion)]
+fn timespec(secs: i64, nanos: i64) -> TimeSpec {
+    let limit = if secs < 0 {
+        nix::libc::time_t::MIN
+    } else {
+        nix::libc::time_t::MAX
+    };
+    TimeSpec::new(
+        secs.try_into().unwrap_or(limit),
+        nanos.try_into().unwrap_or(0),
+    )
 }
 
 fn entry_xattrs<R: Read>(

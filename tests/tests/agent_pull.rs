@@ -12,11 +12,11 @@ mod common_auth;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common_agent::{agent_config, agent_fails, agent_ok, listed_digest};
+use common_agent::{agent_config, agent_fails, agent_ok, listed_digest, top_chain_id};
 use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, busybox_multi_arch, require_tool, sha256_digest};
+use test_support::{Arch, Image, ImageBuilder, busybox_multi_arch, require_tool};
 use tests::Containerd;
 
 /// A runnable three-layer image: busybox, then two layers writing
@@ -44,21 +44,6 @@ fn runnable_multi_layer() -> Image {
         .layer(three.build())
         .cmd(&["/bin/cat", "/etc/berth-test"])
         .build()
-}
-
-/// containerd's chain id of the image's top layer.
-fn top_chain_id(image: &Image) -> String {
-    let config: Value = serde_json::from_slice(&image.config.data).unwrap();
-    let mut chain = String::new();
-    for d in config["rootfs"]["diff_ids"].as_array().unwrap() {
-        let d = d.as_str().unwrap();
-        chain = if chain.is_empty() {
-            d.to_owned()
-        } else {
-            sha256_digest(format!("{chain} {d}").as_bytes())
-        };
-    }
-    chain
 }
 
 #[tokio::test]

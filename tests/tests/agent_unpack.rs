@@ -18,7 +18,7 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common_agent::{AgentOptions, agent_config_with, agent_ok, listed_digest};
+use common_agent::{AgentOptions, agent_config_with, agent_ok, listed_digest, top_chain_id};
 use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::Layer;
@@ -287,20 +287,6 @@ fn layer_dirs(ctrd: &Containerd, top: &str, layers: usize) -> Vec<PathBuf> {
     dirs.reverse();
     assert_eq!(dirs.len(), layers, "{out}");
     dirs
-}
-
-fn top_chain_id(image: &Image) -> String {
-    let config: Value = serde_json::from_slice(&image.config.data).unwrap();
-    let mut chain = String::new();
-    for d in config["rootfs"]["diff_ids"].as_array().unwrap() {
-        let d = d.as_str().unwrap();
-        chain = if chain.is_empty() {
-            d.to_owned()
-        } else {
-            sha256_digest(format!("{chain} {d}").as_bytes())
-        };
-    }
-    chain
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use test_support::images::LayerBuilder;
-use test_support::{require_tool, workspace_bin};
+use test_support::{Image, require_tool, sha256_digest, workspace_bin};
 use tests::Containerd;
 
 use crate::common_auth::{ACME_NS, AuthServer, Enrolled};
@@ -229,4 +229,19 @@ pub fn run_to_end(config: &Path, name: &str, image: &str, flags: &[&str], script
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// containerd's chain id of the image's top layer.
+pub fn top_chain_id(image: &Image) -> String {
+    let config: Value = serde_json::from_slice(&image.config.data).unwrap();
+    let mut chain = String::new();
+    for d in config["rootfs"]["diff_ids"].as_array().unwrap() {
+        let d = d.as_str().unwrap();
+        chain = if chain.is_empty() {
+            d.to_owned()
+        } else {
+            sha256_digest(format!("{chain} {d}").as_bytes())
+        };
+    }
+    chain
 }
