@@ -289,6 +289,40 @@ impl Pool {
 /// A macro rather than a function taking a closure: the body borrows the
 /// caller's arguments and the transaction, which an async closure cannot
 /// return a `Send` future for (what `async_trait` methods need).
+/// Query parameters, as tokio-postgres takes them.
+pub type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+/// The row `sql` returns, if any (the statement prepared once per
+/// connection and cached).
+pub async fn opt<C: deadpool_postgres::GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query_opt(&st, params).await
+}
+
+/// Every row `sql` returns (prepared and cached as [`opt`]).
+pub async fn all<C: deadpool_postgres::GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query(&st, params).await
+}
+
+/// Runs `sql`; the rows it changed (prepared and cached as [`opt`]).
+pub async fn exec<C: deadpool_postgres::GenericClient + Sync>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.execute(&st, params).await
+}
+
 #[macro_export]
 macro_rules! transaction {
     ($pool:expr, $iso:ident, $err:ty, |$tx:ident| $body:block) => {

@@ -10,8 +10,7 @@
 use async_trait::async_trait;
 use pg_pool::deadpool_postgres::GenericClient;
 use pg_pool::tokio_postgres::Row;
-use pg_pool::tokio_postgres::types::ToSql;
-use pg_pool::{ConnectOptions, Pool, TxError, transaction};
+use pg_pool::{ConnectOptions, Params, Pool, TxError, all, exec, opt, transaction};
 
 use super::{AuditQuery, AuthStore, CaRecord, Revocations, Session, SigningKey};
 use crate::error::{AuthError, Result};
@@ -32,8 +31,6 @@ pub const SCHEMA: &str = "auth";
 pub struct PgAuthStore {
     pool: Pool,
 }
-
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 fn db(e: pg_pool::tokio_postgres::Error) -> AuthError {
     AuthError::Storage(pg_pool::describe(&e))
@@ -63,33 +60,6 @@ impl From<pg_pool::PgError> for AuthError {
     fn from(e: pg_pool::PgError) -> Self {
         AuthError::Storage(e.to_string())
     }
-}
-
-async fn opt<C: GenericClient + Sync>(
-    c: &C,
-    sql: &str,
-    params: Params<'_>,
-) -> std::result::Result<Option<Row>, pg_pool::tokio_postgres::Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query_opt(&st, params).await
-}
-
-async fn all<C: GenericClient + Sync>(
-    c: &C,
-    sql: &str,
-    params: Params<'_>,
-) -> std::result::Result<Vec<Row>, pg_pool::tokio_postgres::Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query(&st, params).await
-}
-
-async fn exec<C: GenericClient + Sync>(
-    c: &C,
-    sql: &str,
-    params: Params<'_>,
-) -> std::result::Result<u64, pg_pool::tokio_postgres::Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.execute(&st, params).await
 }
 
 async fn bump<C: GenericClient + Sync>(

@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pg_pool::deadpool_postgres::GenericClient;
 use pg_pool::tokio_postgres::Row;
-use pg_pool::tokio_postgres::types::ToSql;
-use pg_pool::{ConnectOptions, Pool, TxError, transaction};
+use pg_pool::{ConnectOptions, Pool, TxError, all, exec, opt, transaction};
 
 use super::{
     MetadataGcReport, MetadataStore, Millis, MountSource, NameList, NewManifest,
@@ -44,7 +43,6 @@ pub struct PgMetadata {
     pool: Pool,
 }
 
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 type TxResult<T> = Result<T, TxError<StorageError>>;
 
 fn db(e: pg_pool::tokio_postgres::Error) -> StorageError {
@@ -71,33 +69,6 @@ impl From<pg_pool::PgError> for StorageError {
     fn from(e: pg_pool::PgError) -> Self {
         StorageError::Database(e.to_string())
     }
-}
-
-async fn opt<C: GenericClient + Sync>(
-    c: &C,
-    sql: &str,
-    params: Params<'_>,
-) -> Result<Option<Row>, pg_pool::tokio_postgres::Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query_opt(&st, params).await
-}
-
-async fn all<C: GenericClient + Sync>(
-    c: &C,
-    sql: &str,
-    params: Params<'_>,
-) -> Result<Vec<Row>, pg_pool::tokio_postgres::Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.query(&st, params).await
-}
-
-async fn exec<C: GenericClient + Sync>(
-    c: &C,
-    sql: &str,
-    params: Params<'_>,
-) -> Result<u64, pg_pool::tokio_postgres::Error> {
-    let st = c.prepare_cached(sql).await?;
-    c.execute(&st, params).await
 }
 
 fn to_u64(v: i64) -> Result<u64, StorageError> {
