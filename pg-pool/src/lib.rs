@@ -172,43 +172,7 @@ impl Pool {
         {
             return Err(PgError::Url(format!("bad schema name {schema:?}")));
         }
-        let mut config: tokio_postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
-        if let Some(password) = &options.password {
-            config.password(password);
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("berth-server");
-        }
-        // Every connection resolves the store's tables in its own schema, so
-        // the registry and auth stores can share one database.
-        let search_path = format!("-c search_path={schema}");
-        let opts = match config.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} {search_path}"),
-            _ => search_path,
-        };
-        config.options(&opts);
-        let manager = deadpool_postgres::Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                // A connection broken by a server restart shows on its next
-                // use; checking every checkout would cost a round trip each.
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let inner = deadpool_postgres::Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(15)))
-            .build()
-            .map_err(|e| PgError::Pool(e.to_string()))?;
+        let inner = build_pool(options, Some(schema), options.max_connections)?;
         let pool = Pool { inner, schema };
         pool.migrate(migrations).await?;
         Ok(pool)
@@ -279,16 +243,193 @@ impl Pool {
     }
 }
 
-/// Runs `$body` (a block evaluating to `Result<T, TxError<$err>>`, with the
-/// transaction bound to `$tx`) in one transaction at isolation `$iso`
-/// (`Serializable`, `RepeatableRead`, …) and commits it; runs it again
-/// from the start, on a fresh transaction, after a serialization failure or
-/// deadlock (up to [`MAX_ATTEMPTS`]). With `keep |out| cond`, an outcome for
-/// which `cond` is false is rolled back instead of committed (and returned).
+/// A deadpool of connections to `options`' database, their `search_path`
+/// set to `schema` when given.
+fn build_pool(
+    options: &ConnectOptions,
+    schema: Option<&str>,
+    max_size: usize,
+) -> Result<deadpool_postgres::Pool, PgError> {
+    let mut config: tokio_postgres::Config = options
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+    if let Some(password) = &options.password {
+        config.password(password);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("berth-server");
+    }
+    if let Some(schema) = schema {
+        // Every connection resolves the store's tables in its own schema, so
+        // the registry and auth stores can share one database.
+        let search_path = format!("-c search_path={schema}");
+        let opts = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {search_path}"),
+            _ => search_path,
+        };
+        config.options(&opts);
+    }
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            // A connection broken by a server restart shows on its next
+            // use; checking every checkout would cost a round trip each.
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(15)))
+        .build()
+        .map_err(|e| PgError::Pool(e.to_string()))
+}
+
+/// Advisory locks that every process connected to one database sees: what
+/// keeps replicas from racing where a transaction cannot (work outside the
+/// database, such as deleting a blob's bytes while another replica commits
+/// the same digest).
 ///
-/// A macro rather than a function taking a closure: the body borrows the
-/// caller's arguments and the transaction, which an async closure cannot
-/// return a `Send` future for (what `async_trait` methods need).
+/// Session-level locks, each held on a connection of this pool's own, so
+/// that lock holders never wait for the connections their work needs from
+/// the stores' pool (a holder needs one of those to finish; a shared pool
+/// full of holders would deadlock). If a holder's connection breaks,
+/// PostgreSQL releases its lock: the lock guards against a race, it is not
+/// a lease that survives a network failure.
+#[derive(Clone)]
+pub struct Locks {
+    inner: deadpool_postgres::Pool,
+}
+
+impl std::fmt::Debug for Locks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locks")
+            .field("status", &self.inner.status())
+            .finish()
+    }
+}
+
+impl Locks {
+    /// Locks over at most `max_held` connections (as many locks may be held
+    /// at once; more holders wait for a connection).
+    pub fn new(options: &ConnectOptions, max_held: usize) -> Result<Locks, PgError> {
+        Ok(Locks {
+            inner: build_pool(options, None, max_held)?,
+        })
+    }
+
+    async fn client(&self) -> Result<Client, PgError> {
+        self.inner.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::from(e),
+            e => PgError::Pool(e.to_string()),
+        })
+    }
+
+    /// Waits for the lock `(class, key)` (PostgreSQL's two-`int4` advisory
+    /// key space: `class` names what is locked, `key` which one).
+    pub async fn lock(&self, class: i32, key: i32) -> Result<AdvisoryLock, PgError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&class, &key])
+            .await?;
+        Ok(AdvisoryLock {
+            client: Some(client),
+            class,
+            key,
+        })
+    }
+
+    /// The lock `(class, key)` if nobody holds it, at once.
+    pub async fn try_lock(&self, class: i32, key: i32) -> Result<Option<AdvisoryLock>, PgError> {
+        let client = self.client().await?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &key])
+            .await?
+            .get(0);
+        Ok(got.then_some(AdvisoryLock {
+            client: Some(client),
+            class,
+            key,
+        }))
+    }
+}
+
+/// A held advisory lock. [`AdvisoryLock::release`] unlocks it and returns
+/// the connection; dropping it unlocks in the background (or, outside a
+/// runtime, closes the connection, which unlocks too).
+pub struct AdvisoryLock {
+    client: Option<Client>,
+    class: i32,
+    key: i32,
+}
+
+impl std::fmt::Debug for AdvisoryLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdvisoryLock")
+            .field("class", &self.class)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+async fn unlock(client: Client, class: i32, key: i32) -> Result<(), PgError> {
+    match client
+        .query_one("SELECT pg_advisory_unlock($1, $2)", &[&class, &key])
+        .await
+    {
+        Ok(row) if row.get::<_, bool>(0) => Ok(()),
+        Ok(_) => {
+            // Not held any more: the connection was reset under us. Do not
+            // hand it out again.
+            drop(deadpool_postgres::Object::take(client));
+            Err(PgError::Db(format!(
+                "advisory lock ({class}, {key}) was lost before its release"
+            )))
+        }
+        Err(e) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(e.into())
+        }
+    }
+}
+
+impl AdvisoryLock {
+    /// Unlocks. An error means the lock had already been lost (its
+    /// connection broke), which the caller may want to log.
+    pub async fn release(mut self) -> Result<(), PgError> {
+        match self.client.take() {
+            Some(client) => unlock(client, self.class, self.key).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let (class, key) = (self.class, self.key);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = unlock(client, class, key).await {
+                        tracing::warn!(error = %e, "releasing a dropped advisory lock");
+                    }
+                });
+            }
+            // Closing the connection releases its locks.
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
+        }
+    }
+}
+
 /// Query parameters, as tokio-postgres takes them.
 pub type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
@@ -323,6 +464,16 @@ pub async fn exec<C: deadpool_postgres::GenericClient + Sync>(
     c.execute(&st, params).await
 }
 
+/// Runs `$body` (a block evaluating to `Result<T, TxError<$err>>`, with the
+/// transaction bound to `$tx`) in one transaction at isolation `$iso`
+/// (`Serializable`, `RepeatableRead`, …) and commits it; runs it again
+/// from the start, on a fresh transaction, after a serialization failure or
+/// deadlock (up to [`MAX_ATTEMPTS`]). With `keep |out| cond`, an outcome for
+/// which `cond` is false is rolled back instead of committed (and returned).
+///
+/// A macro rather than a function taking a closure: the body borrows the
+/// caller's arguments and the transaction, which an async closure cannot
+/// return a `Send` future for (what `async_trait` methods need).
 #[macro_export]
 macro_rules! transaction {
     ($pool:expr, $iso:ident, $err:ty, |$tx:ident| $body:block) => {

@@ -143,3 +143,48 @@ async fn a_wrong_password_is_refused_and_passwords_stay_out_of_debug() {
     );
     assert!(shown.contains("berth:***@db:5432/berth"), "{shown}");
 }
+
+#[tokio::test]
+async fn advisory_locks_exclude_other_processes_and_come_back_after_a_drop() {
+    use pg_pool::Locks;
+    use std::time::Duration;
+    let opts = options();
+    // Two `Locks` stand for two replicas: separate connection pools.
+    let (a, b) = (Locks::new(&opts, 2).unwrap(), Locks::new(&opts, 2).unwrap());
+    let held = a.lock(7, 1).await.unwrap();
+    assert!(b.try_lock(7, 1).await.unwrap().is_none(), "held elsewhere");
+    let other = b.try_lock(7, 2).await.unwrap();
+    assert!(other.is_some(), "another key is free");
+    assert!(
+        b.try_lock(8, 1).await.unwrap().is_some(),
+        "another class is free"
+    );
+
+    // A waiter gets the lock once the holder releases it, not before.
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.lock(7, 1).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the waiter waits while the lock is held"
+    );
+    held.release().await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter gets the lock after the release")
+        .unwrap();
+
+    // Dropped without release: unlocked in the background all the same.
+    drop(got);
+    let mut again = None;
+    for _ in 0..50 {
+        again = a.try_lock(7, 1).await.unwrap();
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a dropped lock is released");
+}

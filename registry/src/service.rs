@@ -147,6 +147,8 @@ pub struct GcReport {
     pub uploads: u64,
     /// Blob files without metadata (left by a crash between commit steps).
     pub orphans: u64,
+    /// Nothing was done: another replica was collecting.
+    pub skipped: bool,
 }
 
 /// The registry service. Cheap to clone.
@@ -525,6 +527,23 @@ impl Registry {
         has_record: bool,
     ) -> Result<()> {
         let _lock = self.inner.digests.lock(digest.as_str()).await;
+        // Other replicas' GC too: between seeing the bytes present and the
+        // row going in, nobody may delete them.
+        let shared = self.inner.meta.lock_digest(digest).await?;
+        let committed = self.commit_locked(repo, id, digest, size, has_record).await;
+        shared.release().await;
+        committed
+    }
+
+    /// [`Self::commit`] under the digest's locks.
+    async fn commit_locked(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        size: u64,
+        has_record: bool,
+    ) -> Result<()> {
         // The blob file alone decides: it only ever appears by the rename of
         // verified, fsynced content. Requiring the metadata row too made a
         // retried PUT fail for good (500: staged data gone) after a crash
@@ -805,10 +824,27 @@ impl Registry {
     pub async fn collect_garbage(&self, sweep: bool) -> Result<GcReport> {
         let now = now_millis();
         let cutoff = now - millis(self.inner.config.gc_grace);
+        let mut report = GcReport::default();
+        // One collector at a time among the replicas sharing the metadata:
+        // passes would only trip over each other's deletes.
+        let Some(gc_lock) = self.inner.meta.try_lock_gc().await? else {
+            report.skipped = true;
+            return Ok(report);
+        };
+        let collected = self.collect_locked(now, cutoff, sweep, &mut report).await;
+        gc_lock.release().await;
+        collected.map(|()| report)
+    }
+
+    async fn collect_locked(
+        &self,
+        now: Millis,
+        cutoff: Millis,
+        sweep: bool,
+        report: &mut GcReport,
+    ) -> Result<()> {
         let meta = &self.inner.meta;
         let blobs = &self.inner.blobs;
-        let mut report = GcReport::default();
-
         let m = meta.gc_metadata(cutoff).await?;
         report.manifests = m.manifests;
         report.links = m.links;
@@ -826,10 +862,16 @@ impl Registry {
             let mut forgotten = 0;
             for (digest, size) in &candidates {
                 let _lock = self.inner.digests.lock(digest.as_str()).await;
+                let shared = meta.lock_digest(digest).await?;
                 // Re-checked inside the delete's transaction: a push that
                 // linked or referenced the blob since wins.
-                if meta.gc_forget_blob(digest, cutoff).await? {
-                    blobs.delete(digest).await?;
+                let deleted = match meta.gc_forget_blob(digest, cutoff).await {
+                    Ok(true) => blobs.delete(digest).await.map(|()| true),
+                    Ok(false) => Ok(false),
+                    Err(e) => Err(e),
+                };
+                shared.release().await;
+                if deleted? {
                     report.blobs += 1;
                     report.bytes += size;
                     forgotten += 1;
@@ -852,8 +894,14 @@ impl Registry {
                     continue;
                 }
                 let _lock = self.inner.digests.lock(digest.as_str()).await;
-                if meta.blob_size(&digest).await?.is_none() {
-                    blobs.delete(&digest).await?;
+                let shared = meta.lock_digest(&digest).await?;
+                let deleted = match meta.blob_size(&digest).await {
+                    Ok(None) => blobs.delete(&digest).await.map(|()| true),
+                    Ok(Some(_)) => Ok(false),
+                    Err(e) => Err(e),
+                };
+                shared.release().await;
+                if deleted? {
                     report.orphans += 1;
                 }
             }
@@ -865,6 +913,6 @@ impl Registry {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 }

@@ -32,6 +32,9 @@ pub async fn run(
         let sweep = pass.is_multiple_of(u64::from(cfg.sweep_every));
         let started = Instant::now();
         match registry.collect_garbage(sweep).await {
+            Ok(report) if report.skipped => {
+                tracing::debug!("garbage collection pass skipped: another replica is collecting");
+            }
             Ok(report) => {
                 metrics.record_gc(&report, started.elapsed().as_secs_f64());
                 tracing::info!(

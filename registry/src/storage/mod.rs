@@ -383,6 +383,38 @@ pub struct MetadataGcReport {
     pub repositories: u64,
 }
 
+/// A lock that every replica sharing the metadata store respects, from
+/// [`MetadataStore::lock_digest`] or [`MetadataStore::try_lock_gc`].
+/// Release it with [`SharedLock::release`]; dropping it releases it too, in
+/// the background.
+#[derive(Debug)]
+pub struct SharedLock {
+    /// `None` for a store only one process uses (the embedded default),
+    /// where the service's in-process locks are all there is to take.
+    held: Option<pg_pool::AdvisoryLock>,
+}
+
+impl SharedLock {
+    /// The lock of a store that one process owns: nothing to hold.
+    pub fn in_process() -> Self {
+        SharedLock { held: None }
+    }
+
+    pub(crate) fn postgres(lock: pg_pool::AdvisoryLock) -> Self {
+        SharedLock { held: Some(lock) }
+    }
+
+    pub async fn release(self) {
+        if let Some(lock) = self.held
+            && let Err(e) = lock.release().await
+        {
+            // The lock was released with its broken connection: whatever
+            // ran under it ran, but maybe not alone.
+            tracing::warn!(error = %e, "a shared lock was lost while held");
+        }
+    }
+}
+
 /// Repositories, tags, manifests, references, links and upload sessions.
 ///
 /// Every method is one transaction: a crash leaves either all of its rows or
@@ -521,6 +553,25 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// returns the ids of the uploads so their staged data can go too.
     async fn delete_repository(&self, repo: &RepoName)
     -> Result<Option<Vec<String>>, StorageError>;
+
+    // --- coordination between replicas ------------------------------------
+
+    /// Holds `digest` against blob commits and GC deletes on every process
+    /// sharing this store, until the lock is released: the bytes of a blob
+    /// live outside any metadata transaction, so a replica committing a
+    /// digest whose bytes it found present must not interleave with another
+    /// replica's GC forgetting that digest and deleting those bytes. A store
+    /// only one process opens has nothing to add to the service's
+    /// in-process locks.
+    async fn lock_digest(&self, _digest: &Digest) -> Result<SharedLock, StorageError> {
+        Ok(SharedLock::in_process())
+    }
+
+    /// Makes the caller the one garbage collector among the processes
+    /// sharing this store; `None` while another one is collecting.
+    async fn try_lock_gc(&self) -> Result<Option<SharedLock>, StorageError> {
+        Ok(Some(SharedLock::in_process()))
+    }
 
     // --- garbage collection ---------------------------------------------
 

@@ -21,8 +21,8 @@ use pg_pool::{ConnectOptions, Pool, TxError, all, exec, opt, transaction};
 
 use super::{
     MetadataGcReport, MetadataStore, Millis, MountSource, NameList, NewManifest,
-    PutManifestOutcome, Referrer, RepositoryPage, RepositorySummary, StorageError, StoredManifest,
-    TagDetail, UploadRecord,
+    PutManifestOutcome, Referrer, RepositoryPage, RepositorySummary, SharedLock, StorageError,
+    StoredManifest, TagDetail, UploadRecord,
 };
 use crate::digest::Digest;
 use crate::names::{RepoName, Tag};
@@ -37,10 +37,26 @@ pub const SCHEMA: &str = "registry";
 /// Key of the advisory lock GC's metadata pass holds (one collector at a time).
 const GC_LOCK: i64 = 0x6265_7274_6867_6301; // "berthgc\x01"
 
+/// Advisory lock classes (PostgreSQL's two-`int4` key space, apart from
+/// [`GC_LOCK`]'s one-`int8` space): one digest, keyed by the first 32 bits
+/// of its hash (a collision only makes two digests wait for each other),
+/// and the whole GC pass.
+const DIGEST_LOCK_CLASS: i32 = 0x6272_6431; // "brd1"
+const GC_PASS_LOCK_CLASS: i32 = 0x6272_6731; // "brg1"
+
+/// The advisory key of `digest`.
+fn digest_lock_key(digest: &Digest) -> i32 {
+    let hex = digest.hex();
+    let head = hex.get(..8).unwrap_or(hex);
+    u32::from_str_radix(head, 16).unwrap_or(0) as i32
+}
+
 /// PostgreSQL-backed [`MetadataStore`].
 #[derive(Debug, Clone)]
 pub struct PgMetadata {
     pool: Pool,
+    /// Advisory locks shared with the other replicas (their own connections).
+    locks: pg_pool::Locks,
 }
 
 type TxResult<T> = Result<T, TxError<StorageError>>;
@@ -139,6 +155,9 @@ impl PgMetadata {
     pub async fn connect(options: &ConnectOptions) -> Result<Self, StorageError> {
         Ok(PgMetadata {
             pool: Pool::connect(options, SCHEMA, MIGRATIONS).await?,
+            // As many digests locked at once as queries in flight: commits
+            // and GC deletes hold one each while they work.
+            locks: pg_pool::Locks::new(options, options.max_connections)?,
         })
     }
 
@@ -831,6 +850,22 @@ impl MetadataStore for PgMetadata {
             Ok(Some(out))
         })
         .map_err(from_tx)
+    }
+
+    async fn lock_digest(&self, digest: &Digest) -> Result<SharedLock, StorageError> {
+        Ok(SharedLock::postgres(
+            self.locks
+                .lock(DIGEST_LOCK_CLASS, digest_lock_key(digest))
+                .await?,
+        ))
+    }
+
+    async fn try_lock_gc(&self) -> Result<Option<SharedLock>, StorageError> {
+        Ok(self
+            .locks
+            .try_lock(GC_PASS_LOCK_CLASS, 0)
+            .await?
+            .map(SharedLock::postgres))
     }
 
     async fn gc_metadata(&self, cutoff: Millis) -> Result<MetadataGcReport, StorageError> {

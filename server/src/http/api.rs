@@ -45,6 +45,11 @@ pub async fn collect_garbage(
     }
     let started = std::time::Instant::now();
     let resp = match state.registry.collect_garbage(true).await {
+        Ok(r) if r.skipped => api_error(
+            StatusCode::CONFLICT,
+            "GC_IN_PROGRESS",
+            "another berth-server replica is collecting garbage; try again when it is done",
+        ),
         Ok(r) => {
             state.metrics.record_gc(&r, started.elapsed().as_secs_f64());
             axum::Json(json!({
