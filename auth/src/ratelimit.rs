@@ -32,6 +32,16 @@ impl FailureLimiter {
         }
     }
 
+    /// Failures within a window that lock a key out.
+    pub fn max_failures(&self) -> u32 {
+        self.max_failures
+    }
+
+    /// The window, in milliseconds.
+    pub fn window_millis(&self) -> i64 {
+        i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX)
+    }
+
     /// `Err(seconds to wait)` if `key` is locked out.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let entries = self.entries.lock();

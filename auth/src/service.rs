@@ -517,23 +517,65 @@ impl AuthService {
 
     // --- authentication ------------------------------------------------------------
 
-    fn throttle(&self, username: &str, source: Option<&str>) -> Result<()> {
+    /// Refuses a login attempt while its user or source is locked out.
+    async fn throttle(&self, username: &str, source: Option<&str>) -> Result<()> {
         let keys = [
             Some(format!("user:{username}")),
             source.map(|s| format!("ip:{s}")),
         ];
         for k in keys.iter().flatten() {
-            if let Err(retry_after_secs) = self.inner.limiter.check(k) {
+            if let Some(retry_after_secs) = self.locked_out(k).await? {
                 return Err(AuthError::RateLimited { retry_after_secs });
             }
         }
         Ok(())
     }
 
-    fn failed(&self, username: &str, source: Option<&str>) {
-        self.inner.limiter.failure(&format!("user:{username}"));
-        if let Some(s) = source {
-            self.inner.limiter.failure(&format!("ip:{s}"));
+    /// Seconds until `key` may try again, while it is locked out. Counted
+    /// in the store when replicas share it (a client must not get a fresh
+    /// allowance from each replica), else in this process's memory.
+    async fn locked_out(&self, key: &str) -> Result<Option<u64>> {
+        let limiter = &self.inner.limiter;
+        if !self.inner.store.keeps_login_failures() {
+            return Ok(limiter.check(key).err());
+        }
+        let now = now_millis();
+        let window = limiter.window_millis();
+        Ok(
+            match self.inner.store.login_failures(key, now - window).await? {
+                Some((failures, first)) if failures >= limiter.max_failures() => {
+                    Some((u64::try_from(first + window - now).unwrap_or(0) / 1000).max(1))
+                }
+                _ => None,
+            },
+        )
+    }
+
+    async fn failed(&self, username: &str, source: Option<&str>) {
+        let keys = [
+            Some(format!("user:{username}")),
+            source.map(|s| format!("ip:{s}")),
+        ];
+        for k in keys.iter().flatten() {
+            if !self.inner.store.keeps_login_failures() {
+                self.inner.limiter.failure(k);
+                continue;
+            }
+            let now = now_millis();
+            let since = now - self.inner.limiter.window_millis();
+            if let Err(e) = self.inner.store.record_login_failure(k, now, since).await {
+                // The attempt is refused anyway; only the count is lost.
+                tracing::warn!(key = %k, error = %e, "could not count a failed login");
+            }
+        }
+    }
+
+    async fn succeeded(&self, username: &str) {
+        let key = format!("user:{username}");
+        if !self.inner.store.keeps_login_failures() {
+            self.inner.limiter.success(&key);
+        } else if let Err(e) = self.inner.store.clear_login_failures(&key).await {
+            tracing::warn!(key = %key, error = %e, "could not clear failed logins");
         }
     }
 
@@ -585,7 +627,7 @@ impl AuthService {
         secret: &str,
         source: Option<&str>,
     ) -> Result<Identity> {
-        self.throttle(username, source)?;
+        self.throttle(username, source).await?;
         match self
             .check_credential(
                 username,
@@ -595,11 +637,11 @@ impl AuthService {
             .await
         {
             Ok((user, cred)) => {
-                self.inner.limiter.success(&format!("user:{username}"));
+                self.succeeded(username).await;
                 self.identity_for(&user, Some(cred.id)).await
             }
             Err(e) => {
-                self.failed(username, source);
+                self.failed(username, source).await;
                 // Attributed to the account of the user named, if any, so
                 // that `admin audit --account` shows attempts on its users.
                 let account_id = match self.inner.store.user_by_name(username).await {
@@ -663,7 +705,7 @@ impl AuthService {
         password: &str,
         source: Option<&str>,
     ) -> Result<Identity> {
-        self.throttle(username, source)?;
+        self.throttle(username, source).await?;
         let user = self.inner.store.user_by_name(username).await?;
         let (hash, active) = match &user {
             Some(u) => (
@@ -680,11 +722,11 @@ impl AuthService {
             .unwrap_or(false);
         match user {
             Some(user) if ok && active => {
-                self.inner.limiter.success(&format!("user:{username}"));
+                self.succeeded(username).await;
                 self.identity_for(&user, None).await
             }
             _ => {
-                self.failed(username, source);
+                self.failed(username, source).await;
                 Err(AuthError::Unauthenticated)
             }
         }
@@ -712,10 +754,13 @@ impl AuthService {
             .user_by_id(cred.user_id)
             .await?
             .ok_or(AuthError::Unauthenticated)?;
-        let (user, cred) = self
+        let checked = self
             .check_credential(&user.username, refresh_token, &[CredentialKind::Refresh])
-            .await
-            .inspect_err(|_| self.failed(&user.username, source))?;
+            .await;
+        if checked.is_err() {
+            self.failed(&user.username, source).await;
+        }
+        let (user, cred) = checked?;
         let parent = match &cred.parent_id {
             Some(p) => self.inner.store.credential(p).await?,
             None => None,

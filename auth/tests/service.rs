@@ -348,3 +348,58 @@ async fn replicas_opening_a_fresh_store_share_one_signing_key(engine: Engine) {
         Err(AuthError::Conflict(_))
     ));
 }
+
+/// Replicas over one PostgreSQL database count failed logins together: a
+/// client cannot get a fresh allowance by reaching another replica.
+#[tokio::test]
+async fn postgres_replicas_share_login_lockouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = test_support::Postgres::shared();
+    let options = pg_pool::ConnectOptions {
+        url: pg.url(&pg.create_database()),
+        password: Some(pg.password().to_owned()),
+        max_connections: 4,
+    };
+    let config = AuthConfig {
+        max_failed_logins: 4,
+        failed_login_window: Duration::from_secs(600),
+        ..AuthConfig::default()
+    };
+    let a = auth::open_store(dir.path(), Some(&options)).await.unwrap();
+    let b = auth::open_store(dir.path(), Some(&options)).await.unwrap();
+    let sa = AuthService::open(a, config.clone()).await.unwrap();
+    let sb = AuthService::open(b, config).await.unwrap();
+    sa.create_account("acme", "acme.io").await.unwrap();
+    sa.create_user("acme", "alice", Role::Developer, None)
+        .await
+        .unwrap();
+    let good = sa
+        .mint_login_credential("alice", None, None)
+        .await
+        .unwrap()
+        .secret;
+    // Two failures on each replica: four in all.
+    for svc in [&sa, &sb, &sa, &sb] {
+        assert!(matches!(
+            svc.authenticate("alice", "bcl_nope_nope", Some("10.0.0.9"))
+                .await,
+            Err(AuthError::Unauthenticated)
+        ));
+    }
+    for svc in [&sa, &sb] {
+        match svc.authenticate("alice", &good, Some("10.0.0.2")).await {
+            Err(AuthError::RateLimited { retry_after_secs }) => {
+                assert!(
+                    (590..=600).contains(&retry_after_secs),
+                    "{retry_after_secs}"
+                )
+            }
+            other => panic!("locked out on every replica, got {other:?}"),
+        }
+    }
+    // The source address is locked out too, for any user.
+    assert!(matches!(
+        sb.authenticate("bob", "whatever", Some("10.0.0.9")).await,
+        Err(AuthError::RateLimited { .. })
+    ));
+}

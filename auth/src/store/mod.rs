@@ -127,4 +127,26 @@ pub trait AuthStore: Send + Sync + 'static {
     // audit
     async fn audit(&self, e: &AuditEvent) -> Result<()>;
     async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
+
+    // failed-login counters
+    /// Whether this store keeps the failed-login counters, for every process
+    /// that shares it. The embedded store, which one process owns, does not:
+    /// that process counts in memory, which costs no write per failure.
+    fn keeps_login_failures(&self) -> bool {
+        false
+    }
+    /// The failures of `key` in its current window, if that window started
+    /// at or after `since`: (failures, start of the window).
+    async fn login_failures(&self, _key: &str, _since: Millis) -> Result<Option<(u32, Millis)>> {
+        Ok(None)
+    }
+    /// Counts one failure of `key` at `now`, starting a new window if the
+    /// current one started before `since`.
+    async fn record_login_failure(&self, _key: &str, _now: Millis, _since: Millis) -> Result<()> {
+        Ok(())
+    }
+    /// Forgets the failures of `key` (a successful login).
+    async fn clear_login_failures(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
 }

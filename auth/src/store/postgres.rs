@@ -21,7 +21,10 @@ use crate::model::{
 
 /// Schema history, embedded in the binary. Append new migrations; never
 /// edit a released one.
-const MIGRATIONS: &[&str] = &[include_str!("postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres/0001_initial.sql"),
+    include_str!("postgres/0002_login_failures.sql"),
+];
 
 /// The PostgreSQL schema holding the auth tables.
 pub const SCHEMA: &str = "auth";
@@ -732,5 +735,57 @@ impl AuthStore for PgAuthStore {
             },
         )
         .await
+    }
+
+    fn keeps_login_failures(&self) -> bool {
+        true
+    }
+
+    async fn login_failures(&self, key: &str, since: Millis) -> Result<Option<(u32, Millis)>> {
+        let c = self.client().await?;
+        let row = opt(
+            &c,
+            "SELECT failures, first_at FROM login_failures WHERE key = $1 AND first_at >= $2",
+            &[&key, &since],
+        )
+        .await
+        .map_err(db)?;
+        Ok(row.map(|r| (u32::try_from(r.get::<_, i32>(0)).unwrap_or(0), r.get(1))))
+    }
+
+    async fn record_login_failure(&self, key: &str, now: Millis, since: Millis) -> Result<()> {
+        let c = self.client().await?;
+        // One statement: concurrent failures on several replicas each count
+        // (the upsert locks the row), with no transaction to retry.
+        exec(
+            &c,
+            "INSERT INTO login_failures (key, failures, first_at) VALUES ($1, 1, $2)
+             ON CONFLICT (key) DO UPDATE SET
+                failures = CASE WHEN login_failures.first_at < $3 THEN 1
+                                ELSE login_failures.failures + 1 END,
+                first_at = CASE WHEN login_failures.first_at < $3 THEN $2
+                                ELSE login_failures.first_at END",
+            &[&key, &now, &since],
+        )
+        .await
+        .map_err(db)?;
+        // Windows that ended are worth nothing; failures are rare enough
+        // that pruning on each costs little (the index finds them).
+        exec(
+            &c,
+            "DELETE FROM login_failures WHERE first_at < $1",
+            &[&since],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn clear_login_failures(&self, key: &str) -> Result<()> {
+        let c = self.client().await?;
+        exec(&c, "DELETE FROM login_failures WHERE key = $1", &[&key])
+            .await
+            .map_err(db)?;
+        Ok(())
     }
 }
