@@ -11,6 +11,7 @@
 //! - [`client`]: a small OCI Distribution API client over reqwest.
 //! - [`containerd`]: a private containerd daemon and `ctr` bound to it.
 //! - [`skopeo`]: skopeo with a private policy and auth file.
+//! - [`proxy`]: a round-robin HTTP proxy in front of several servers.
 //! - [`assert_eventually!`], [`assert_eventually_async!`] and
 //!   [`init_tracing`] for tests.
 //!
@@ -21,6 +22,7 @@ pub mod client;
 pub mod containerd;
 pub mod images;
 pub mod net;
+pub mod proxy;
 pub mod servers;
 pub mod skopeo;
 pub mod tools;
@@ -35,6 +37,7 @@ pub use images::{
     read_oci_layout_manifest, read_skopeo_dir, sha256_digest, write_oci_layout, write_skopeo_dir,
 };
 pub use net::{free_port, wait_for_tcp};
+pub use proxy::RoundRobinProxy;
 pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry, Postgres};
 pub use skopeo::Skopeo;
 pub use tools::{require_tool, workspace_bin};

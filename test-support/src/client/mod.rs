@@ -303,7 +303,8 @@ impl OciClient {
         check_digest_header(&resp, digest)
     }
 
-    async fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
+    /// Sends a request built with [`Self::request`] (credentials applied).
+    pub async fn send(&self, req: RequestBuilder) -> anyhow::Result<Response> {
         // Keep the method and URL for the error: reqwest's own message
         // omits the method.
         let (client, req) = req.build_split();
