@@ -35,7 +35,7 @@ pub use images::{
     read_oci_layout_manifest, read_skopeo_dir, sha256_digest, write_oci_layout, write_skopeo_dir,
 };
 pub use net::{free_port, wait_for_tcp};
-pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry, Postgres};
+pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry, Garage, Postgres, S3Target};
 pub use skopeo::Skopeo;
 pub use tools::{require_tool, workspace_bin};
 pub use wait::init_tracing;
