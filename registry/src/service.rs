@@ -248,6 +248,24 @@ impl Registry {
         })
     }
 
+    /// A URL from which the client may GET blob `digest` of `repo` directly
+    /// for `ttl` (a presigned object-store URL), `None` when the blob store
+    /// cannot give one: the caller then streams the blob with
+    /// [`Self::read_blob`].
+    pub async fn blob_url(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        ttl: Duration,
+    ) -> Result<Option<String>> {
+        self.inner
+            .meta
+            .blob_in_repo(repo, digest)
+            .await?
+            .ok_or(RegistryError::BlobUnknown)?;
+        Ok(self.inner.blobs.presign_get(digest, ttl).await?)
+    }
+
     /// Removes a blob from a repository. Its bytes go when GC finds nothing
     /// else referencing them.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {

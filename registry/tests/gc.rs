@@ -14,7 +14,7 @@ use registry::{Digest, Reference, RegistryError};
 mod common;
 use common::*;
 
-on_both_engines!(
+on_every_engine!(
     untagged_content_is_reclaimed,
     shared_blobs_survive_a_repository_delete,
     grace_period_protects_a_push_in_progress,

@@ -12,7 +12,7 @@ use registry::{Digest, Reference};
 mod common;
 use common::*;
 
-on_both_engines!(summaries_and_tags_show_sizes_and_platforms,);
+on_every_engine!(summaries_and_tags_show_sizes_and_platforms,);
 
 /// Pushes an image whose config names `os/arch[/variant]`; returns the
 /// manifest digest and size, and config + layer bytes.

@@ -2,18 +2,18 @@
 //! after the process restarts; ended cleanly (the client starts over) when
 //! their staged data or progress is gone (a crash left it orphaned and the
 //! GC sweep took it, or the machine restarted before it was durable). On
-//! each metadata engine.
+//! each engine pair, S3 included.
 
 #![allow(clippy::unwrap_used)]
 
-use registry::storage::UploadRecord;
 use registry::storage::sqlite::Synchronous;
+use registry::storage::{UploadProgress, UploadRecord};
 use registry::{Algorithm, Digest, Hasher, Registry, RegistryConfig, RegistryError};
 
 mod common;
 use common::*;
 
-on_both_engines!(
+on_every_engine!(
     a_session_whose_staged_data_is_gone_is_unknown_not_broken,
     a_chunked_upload_resumes_after_a_restart_of_the_process,
     a_session_whose_progress_is_lost_is_unknown_and_gone,
@@ -53,7 +53,6 @@ fn blob(n: usize) -> Vec<u8> {
 
 async fn a_chunked_upload_resumes_after_a_restart_of_the_process(engine: Engine) {
     let backing = Backing::new(engine);
-    let dir = &backing.dir;
     let data = blob(300_000);
     let name = repo("acme/app");
     let id = {
@@ -75,7 +74,7 @@ async fn a_chunked_upload_resumes_after_a_restart_of_the_process(engine: Engine)
     // A new process on the same data directory: nothing of the first one
     // is left in memory.
     let (blobs, meta) = backing.open_with(Synchronous::Full).await;
-    let r = Registry::new(blobs, meta, RegistryConfig::default());
+    let r = Registry::new(blobs.clone(), meta, RegistryConfig::default());
     assert_eq!(r.upload_status(&name, &id).await.unwrap().size, 250_000);
     // Out of order: told where it stands.
     assert!(matches!(
@@ -101,19 +100,13 @@ async fn a_chunked_upload_resumes_after_a_restart_of_the_process(engine: Engine)
         Err(RegistryError::UploadUnknown)
     ));
     // Nothing of the session is left in the blob store.
-    assert!(
-        std::fs::read_dir(dir.path().join("store/uploads"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert!(blobs.list_uploads().await.unwrap().is_empty());
 }
 
 async fn a_session_whose_progress_is_lost_is_unknown_and_gone(engine: Engine) {
     let backing = Backing::new(engine);
-    let dir = &backing.dir;
     let (blobs, meta) = backing.open_with(Synchronous::Normal).await;
-    let r = Registry::new(blobs, meta, RegistryConfig::default());
+    let r = Registry::new(blobs.clone(), meta, RegistryConfig::default());
     let name = repo("acme/app");
     let data = blob(10_000);
     let up = r.start_upload(&name, Algorithm::Sha256).await.unwrap();
@@ -122,8 +115,7 @@ async fn a_session_whose_progress_is_lost_is_unknown_and_gone(engine: Engine) {
         .unwrap();
     // What a power loss leaves of a record written without fsync (or one
     // from before a reboot, which the store refuses the same way).
-    let record = dir.path().join(format!("store/uploads/{}.progress", up.id));
-    std::fs::write(&record, vec![0xa5; 8192]).unwrap();
+    backing.damage_progress(&up.id).await;
     // A status request only reports it; the next chunk ends the session.
     assert!(matches!(
         r.upload_status(&name, &up.id).await,
@@ -134,7 +126,12 @@ async fn a_session_whose_progress_is_lost_is_unknown_and_gone(engine: Engine) {
             .await,
         Err(RegistryError::UploadUnknown)
     ));
-    assert!(!record.exists());
+    // Its progress and staged bytes are gone.
+    assert!(matches!(
+        blobs.upload_progress(&up.id).await.unwrap(),
+        UploadProgress::Missing
+    ));
+    assert!(blobs.list_uploads().await.unwrap().is_empty());
     assert!(matches!(
         r.finish_upload(&name, &up.id, &Digest::sha256_of(&data), None, None)
             .await,

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use registry::storage::MetadataEngine;
 use registry::storage::sqlite::Synchronous;
+use registry::storage::{BlobEngine, MetadataEngine, S3Settings};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of berth-server.
@@ -126,6 +126,34 @@ pub struct StorageConfig {
     /// Most connections each store (registry, auth) opens to PostgreSQL.
     /// Default 16.
     pub metadata_max_connections: usize,
+    /// Where blobs live. Unset (default): files in `data_dir`.
+    /// `s3://BUCKET[/PREFIX]`: an S3-compatible bucket that several replicas
+    /// share (keys `blobs/…` and `uploads/…` under the prefix). Credentials
+    /// are separate keys, never in the URL.
+    pub blob_url: Option<String>,
+    /// `http(s)://HOST:PORT` of an S3-compatible server (Garage, MinIO).
+    /// Unset: AWS S3.
+    pub s3_endpoint: Option<String>,
+    /// Region requests are signed for. Default `us-east-1`.
+    pub s3_region: String,
+    /// Access key id. Unset: the usual AWS sources (`AWS_*` variables,
+    /// instance metadata).
+    pub s3_access_key_id: Option<String>,
+    /// File holding the secret access key (trailing newline ignored);
+    /// `BERTH_S3_SECRET_ACCESS_KEY`, if set, wins.
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// Allow a plain-HTTP `s3_endpoint`. Default false.
+    pub s3_allow_http: bool,
+    /// Size of multipart upload parts, bytes: 5 MiB to 5 GiB, and at least
+    /// `limits.max_blob_bytes` / 10000. Default 16 MiB.
+    pub s3_part_size: usize,
+    /// Answer blob GETs with a 307 redirect to a presigned S3 URL (valid
+    /// `blob_redirect_secs`) instead of streaming the bytes through
+    /// berth-server; after the usual authorisation. Needs `blob_url`.
+    /// Default false.
+    pub blob_redirect: bool,
+    /// Lifetime of a redirect's presigned URL, seconds. Default 300.
+    pub blob_redirect_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -170,6 +198,15 @@ impl Default for Config {
                 metadata_url: None,
                 metadata_password_file: None,
                 metadata_max_connections: 16,
+                blob_url: None,
+                s3_endpoint: None,
+                s3_region: "us-east-1".into(),
+                s3_access_key_id: None,
+                s3_secret_access_key_file: None,
+                s3_allow_http: false,
+                s3_part_size: registry::storage::s3::DEFAULT_PART_SIZE,
+                blob_redirect: false,
+                blob_redirect_secs: 300,
             },
             limits: LimitsConfig {
                 max_blob_bytes: 64 << 30,
@@ -217,6 +254,10 @@ pub struct ConfigError(pub Vec<String>);
 /// The variable holding the metadata database's password (not a
 /// configuration key: it stays out of the configuration dump).
 pub const METADATA_PASSWORD_ENV: &str = "BERTH_METADATA_PASSWORD";
+
+/// The variable holding the S3 secret access key (kept out of the
+/// configuration, like the database password).
+pub const S3_SECRET_ENV: &str = "BERTH_S3_SECRET_ACCESS_KEY";
 
 /// Values given on the command line, applied last.
 #[derive(Debug, Default, Clone)]
@@ -322,6 +363,34 @@ impl Config {
             1,
         ) {
             problems.push(format!("storage.metadata_url: {e}"));
+        }
+        // The secret is not read here (validate stays side-effect free): a
+        // placeholder stands for it when a key id is given.
+        let mut s3 = self.s3_settings(None);
+        if s3.access_key_id.is_some() {
+            s3.secret_access_key = Some(String::new());
+        }
+        match BlobEngine::from_url(self.storage.blob_url.as_deref(), s3) {
+            Err(e) => problems.push(format!("storage.blob_url: {e}")),
+            Ok(BlobEngine::S3(o)) => {
+                if o.max_blob_size() < self.limits.max_blob_bytes {
+                    problems.push(format!(
+                        "storage.s3_part_size {} allows blobs up to {} bytes (10000 parts), below limits.max_blob_bytes {}: raise the part size",
+                        o.part_size,
+                        o.max_blob_size(),
+                        self.limits.max_blob_bytes
+                    ));
+                }
+            }
+            Ok(BlobEngine::Filesystem) => {
+                if self.storage.blob_redirect {
+                    problems
+                        .push("storage.blob_redirect needs storage.blob_url (blobs in S3)".into());
+                }
+            }
+        }
+        if self.storage.blob_redirect && self.storage.blob_redirect_secs == 0 {
+            problems.push("storage.blob_redirect_secs must be positive".into());
         }
         if self.storage.metadata_max_connections == 0 {
             problems.push("storage.metadata_max_connections must be positive".into());
@@ -439,6 +508,57 @@ impl Config {
             st.metadata_max_connections,
         )
         .map_err(|e| ConfigError(vec![format!("storage.metadata_url: {e}")]))
+    }
+
+    fn s3_settings(&self, secret_access_key: Option<String>) -> S3Settings {
+        let st = &self.storage;
+        S3Settings {
+            endpoint: st.s3_endpoint.clone(),
+            region: st.s3_region.clone(),
+            access_key_id: st.s3_access_key_id.clone(),
+            secret_access_key,
+            allow_http: st.s3_allow_http,
+            part_size: st.s3_part_size,
+        }
+    }
+
+    /// The blob engine `storage.blob_url` names, with the S3 secret from
+    /// `BERTH_S3_SECRET_ACCESS_KEY` or `storage.s3_secret_access_key_file`.
+    pub fn blob_engine(&self) -> Result<BlobEngine, ConfigError> {
+        let st = &self.storage;
+        let secret = match (
+            std::env::var(S3_SECRET_ENV).ok(),
+            &st.s3_secret_access_key_file,
+        ) {
+            (Some(s), _) => Some(s),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| {
+                        ConfigError(vec![format!(
+                            "storage.s3_secret_access_key_file {}: {e}",
+                            file.display()
+                        )])
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        if st.blob_url.is_some() && st.s3_access_key_id.is_some() && secret.is_none() {
+            return Err(ConfigError(vec![format!(
+                "storage.s3_access_key_id is set but there is no secret: set {S3_SECRET_ENV} or storage.s3_secret_access_key_file"
+            )]));
+        }
+        BlobEngine::from_url(st.blob_url.as_deref(), self.s3_settings(secret))
+            .map_err(|e| ConfigError(vec![format!("storage.blob_url: {e}")]))
+    }
+
+    /// How long a blob redirect's presigned URL is valid, when blob GETs
+    /// redirect.
+    pub fn blob_redirect(&self) -> Option<Duration> {
+        self.storage
+            .blob_redirect
+            .then(|| Duration::from_secs(self.storage.blob_redirect_secs))
     }
 
     pub fn registry_config(&self) -> registry::RegistryConfig {

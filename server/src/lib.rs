@@ -90,7 +90,17 @@ impl App {
                 tracing::info!(database = ?options, "metadata and auth store: PostgreSQL");
             }
         }
-        let (blobs, meta) = registry::storage::open(&cfg.data_dir, &engine)
+        let blob_engine = cfg.blob_engine()?;
+        match &blob_engine {
+            registry::storage::BlobEngine::Filesystem => {
+                tracing::info!(data_dir = %cfg.data_dir.display(), "blob store: files in the data directory");
+            }
+            // The options' Debug hides the secret.
+            registry::storage::BlobEngine::S3(options) => {
+                tracing::info!(bucket = ?options, redirect = cfg.storage.blob_redirect, "blob store: S3");
+            }
+        }
+        let (blobs, meta) = registry::storage::open(&cfg.data_dir, &engine, &blob_engine)
             .await
             .map_err(|source| ServeError::Storage {
                 dir: cfg.data_dir.clone(),
@@ -119,6 +129,7 @@ impl App {
             metrics: metrics.clone(),
             max_page: cfg.limits.max_page_entries,
             audit: auth.clone(),
+            blob_redirect: cfg.blob_redirect(),
         };
         let tokens = auth.clone().map(|auth| TokenState { auth });
         let admin_state = AppState {

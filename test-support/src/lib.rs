@@ -38,7 +38,7 @@ pub use images::{
 };
 pub use net::{free_port, wait_for_tcp};
 pub use proxy::RoundRobinProxy;
-pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry, Postgres};
+pub use servers::{BerthServer, BerthServerBuilder, DockerRegistry, Garage, Postgres, S3Target};
 pub use skopeo::Skopeo;
 pub use tools::{require_tool, workspace_bin};
 pub use wait::init_tracing;

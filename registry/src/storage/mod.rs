@@ -6,12 +6,13 @@
 //! [`MetadataStore`] holds repositories, tags, manifests, references,
 //! upload sessions and links. The embedded default is [`fs::FsBlobStore`]
 //! plus [`sqlite::SqliteMetadata`]; scale-out engines implement the same
-//! traits ([`postgres::PgMetadata`] for metadata). [`MetadataEngine`] and
-//! [`open`] choose and open them from configuration.
+//! traits ([`postgres::PgMetadata`] for metadata, [`s3::S3BlobStore`] for
+//! blobs). [`MetadataEngine`], [`BlobEngine`] and [`open`] choose and open
+//! them from configuration.
 
 use std::io;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use crate::names::{RepoName, Tag};
 
 pub mod fs;
 pub mod postgres;
+pub mod s3;
 pub mod sqlite;
 
 /// A stream of body bytes, to or from a store.
@@ -37,6 +39,9 @@ pub enum StorageError {
     Database(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// Settings that cannot work (a bad blob URL, part size, endpoint).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Unix time in milliseconds; every timestamp in metadata uses it.
@@ -144,6 +149,18 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Every staged upload id (staged bytes or a progress record) with its
     /// latest modification time.
     async fn list_uploads(&self) -> Result<Vec<(String, SystemTime)>, StorageError>;
+
+    /// A URL from which a client may GET the committed blob `digest` itself
+    /// for `ttl`, without credentials (the registry answers blob GETs with a
+    /// redirect to it when so configured). `None` when the store cannot
+    /// hand out such URLs (the filesystem).
+    async fn presign_get(
+        &self,
+        _digest: &Digest,
+        _ttl: Duration,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// Names in order (a page of tags or repositories), packed into one buffer:
@@ -685,16 +702,101 @@ pub async fn open_metadata(
     })
 }
 
-/// Opens the engines of a registry: blobs on the filesystem under
-/// `data_dir`, metadata where `engine` says.
+/// Where blobs live.
+#[derive(Debug, Clone)]
+pub enum BlobEngine {
+    /// The filesystem under the data directory (the embedded default).
+    Filesystem,
+    /// An S3-compatible bucket shared by every replica.
+    S3(s3::S3Options),
+}
+
+impl BlobEngine {
+    /// The engine a blob URL names: none (or `embedded`) is the
+    /// filesystem under the data directory; `s3://bucket[/prefix]` is that
+    /// bucket, reached with `s3` (endpoint, region, credentials: the
+    /// secret comes from the environment or a file, never from the URL).
+    pub fn from_url(url: Option<&str>, s3: S3Settings) -> Result<Self, StorageError> {
+        match url.map(str::trim) {
+            None | Some("") | Some("embedded") => Ok(BlobEngine::Filesystem),
+            Some(u) if u.starts_with("s3://") => {
+                if u.contains('@') || u.contains('?') {
+                    return Err(StorageError::Config(
+                        "an s3:// URL names only bucket and prefix: credentials and options are separate settings".into(),
+                    ));
+                }
+                let options = s3::S3Options {
+                    endpoint: s3.endpoint,
+                    region: s3.region,
+                    access_key_id: s3.access_key_id,
+                    secret_access_key: s3.secret_access_key,
+                    allow_http: s3.allow_http,
+                    part_size: s3.part_size,
+                    ..s3::S3Options::from_url(u)?
+                };
+                options.validate().map_err(StorageError::Config)?;
+                Ok(BlobEngine::S3(options))
+            }
+            Some(u) => Err(StorageError::Config(format!(
+                "unsupported blob URL {:?}: use s3://bucket[/prefix] or leave it unset for the data directory",
+                u.split_once("://").map_or(u, |(scheme, _)| scheme)
+            ))),
+        }
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, BlobEngine::Filesystem)
+    }
+}
+
+/// How to reach S3 for a `s3://` blob URL.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: bool,
+    pub part_size: usize,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            part_size: s3::DEFAULT_PART_SIZE,
+        }
+    }
+}
+
+/// Opens the blob store `engine` names (the filesystem one under `data_dir`).
+pub fn open_blobs(
+    data_dir: &std::path::Path,
+    engine: &BlobEngine,
+) -> Result<std::sync::Arc<dyn BlobStore>, StorageError> {
+    Ok(match engine {
+        BlobEngine::Filesystem => {
+            std::sync::Arc::new(fs::FsBlobStore::open(data_dir.join("store"))?)
+        }
+        BlobEngine::S3(options) => std::sync::Arc::new(s3::S3BlobStore::open(options)?),
+    })
+}
+
+/// Opens the engines of a registry: metadata where `metadata` says, blobs
+/// where `blobs` says (files of the embedded engines go in `data_dir`).
 pub async fn open(
     data_dir: &std::path::Path,
-    engine: &MetadataEngine,
+    metadata: &MetadataEngine,
+    blobs: &BlobEngine,
 ) -> Result<Engines, StorageError> {
     std::fs::create_dir_all(data_dir)?;
-    let blobs = fs::FsBlobStore::open(data_dir.join("store"))?;
-    let meta = open_metadata(data_dir, engine).await?;
-    Ok((std::sync::Arc::new(blobs), meta))
+    let blobs = open_blobs(data_dir, blobs)?;
+    let meta = open_metadata(data_dir, metadata).await?;
+    Ok((blobs, meta))
 }
 
 #[cfg(test)]

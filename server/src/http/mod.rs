@@ -38,6 +38,9 @@ pub struct AppState {
     pub max_page: usize,
     /// Where pushes and deletes are audited (when accounts are on).
     pub audit: Option<auth::AuthService>,
+    /// Blob GETs answer 307 to a presigned URL valid this long, when set
+    /// (`storage.blob_redirect`).
+    pub blob_redirect: Option<std::time::Duration>,
 }
 
 impl AppState {

@@ -53,19 +53,48 @@ pub struct Server {
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
     _secret: Option<tempfile::TempDir>,
+    _s3_secret: Option<tempfile::TempDir>,
 }
 
 /// Whether servers keep their metadata (and auth store) in PostgreSQL: in
-/// test targets named `*_postgres` (which run another target's tests
-/// again), or with `BERTH_TEST_METADATA=postgres`.
+/// test targets named `*_postgres` or `*_s3` (which run another target's
+/// tests again), or with `BERTH_TEST_METADATA=postgres`.
 pub fn metadata_on_postgres() -> bool {
     env!("CARGO_CRATE_NAME").ends_with("_postgres")
+        || blobs_on_s3()
         || std::env::var("BERTH_TEST_METADATA").is_ok_and(|v| v == "postgres")
+}
+
+/// Whether servers keep their blobs in S3 (a bucket of the test process's
+/// private Garage): in test targets named `*_s3`, the scale-out pair with
+/// PostgreSQL metadata.
+pub fn blobs_on_s3() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_s3")
+}
+
+/// Points `cfg` at a fresh bucket of the test process's Garage (the secret
+/// from a file, as an operator would give it); returns the file's directory.
+pub fn use_s3_blobs(cfg: &mut server::config::Config) -> tempfile::TempDir {
+    let t = test_support::Garage::shared().create_bucket();
+    cfg.storage.blob_url = Some(format!("s3://{}/berth", t.bucket));
+    cfg.storage.s3_endpoint = Some(t.endpoint);
+    cfg.storage.s3_region = t.region;
+    cfg.storage.s3_access_key_id = Some(t.key_id);
+    cfg.storage.s3_allow_http = true;
+    cfg.storage.s3_part_size = registry::storage::s3::MIN_PART_SIZE;
+    // 10,000 parts of 5 MiB.
+    cfg.limits.max_blob_bytes = cfg.limits.max_blob_bytes.min(50_000 << 20);
+    let (dir, path) = test_support::servers::secret_file(&t.secret).expect("secret file");
+    cfg.storage.s3_secret_access_key_file = Some(path);
+    dir
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if !std::thread::panicking() {
+            self.assert_blob_engine();
+        }
     }
 }
 
@@ -73,6 +102,11 @@ impl Server {
     /// Starts a server with the default configuration, a fresh data
     /// directory, and background GC off (tests decide what exists).
     pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`Self::start`] with changes to the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut server::config::Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = server::config::Config {
             data_dir: dir.path().to_path_buf(),
@@ -95,6 +129,8 @@ impl Server {
             cfg.storage.metadata_password_file = Some(path);
             dir
         });
+        let s3_secret = blobs_on_s3().then(|| use_s3_blobs(&mut cfg));
+        tweak(&mut cfg);
         cfg.validate().expect("test configuration is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -115,13 +151,29 @@ impl Server {
             shutdown,
             _dir: dir,
             _secret: secret,
+            _s3_secret: s3_secret,
         };
         let ping = srv.send(srv.req(Method::GET, "/v2/")).await;
         assert_eq!(ping.status, 200, "server did not answer GET /v2/");
         // The suite really runs on the engine it claims to.
         let sqlite = srv._dir.path().join("metadata.sqlite").exists();
         assert_eq!(sqlite, !metadata_on_postgres(), "metadata engine");
+        srv.assert_blob_engine();
         srv
+    }
+
+    /// The suite really keeps blobs where it claims to: no blob files in
+    /// the data directory of an S3 server (checked after a push, too).
+    pub fn assert_blob_engine(&self) {
+        if blobs_on_s3() {
+            let store = self._dir.path().join("store");
+            assert!(!store.exists(), "an S3 server wrote {}", store.display());
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// An absolute URL for a path (`/v2/...`) or a `Location` header value,

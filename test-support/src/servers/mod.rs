@@ -6,6 +6,8 @@
 //!   the benchmarks.
 //! - [`Postgres`]: a private PostgreSQL server (Debian's `postgresql`), for
 //!   berth-server's stores on PostgreSQL.
+//! - [`Garage`]: a private one-node Garage (an S3-compatible object store),
+//!   for berth-server's blobs in S3.
 //!
 //! Both send their output to a log file and print its tail when dropped
 //! during a panic, so a failing test shows what the server said. The log
@@ -13,6 +15,7 @@
 
 mod berth;
 mod docker_registry;
+mod garage;
 mod postgres;
 
 use std::fs::{File, OpenOptions};
@@ -27,6 +30,7 @@ use tempfile::TempDir;
 
 pub use berth::{BerthServer, BerthServerBuilder, postgres_by_default};
 pub use docker_registry::DockerRegistry;
+pub use garage::{GARAGE_VERSION, Garage, S3Target, garage_binary};
 pub use postgres::{Postgres, secret_file};
 
 /// How many log lines a panicking test gets to see.

@@ -38,7 +38,7 @@ const PASSWORD: &str = "berth-test-password";
 /// process ended or dropped the handle), or when PostgreSQL exits by itself.
 // A non-interactive shell gives background jobs /dev/null as stdin, so the
 // watcher reads the keeper's stdin through fd 3.
-const KEEPER: &str = r#"
+pub(super) const KEEPER: &str = r#"
 exec 3<&0
 root="$1"; shift
 "$@" &

@@ -184,6 +184,17 @@ pub(super) async fn get(
         return Ok((StatusCode::OK, h).into_response());
     }
     let range = parse_range(req.headers);
+    if let Some(ttl) = state.blob_redirect
+        && let Some(url) = state.registry.blob_url(&name, &digest, ttl).await?
+    {
+        // The client fetches the bytes from the object store itself,
+        // sending its Range header there; the presigned URL grants this one
+        // blob for a few minutes, after the checks above.
+        insert(&mut h, header::LOCATION, &url);
+        insert(&mut h, header::CONTENT_LENGTH, "0");
+        insert(&mut h, header::CACHE_CONTROL, "no-store");
+        return Ok((StatusCode::TEMPORARY_REDIRECT, h).into_response());
+    }
     let read = match state.registry.read_blob(&name, &digest, range).await {
         Ok(r) => r,
         Err(RegistryError::RangeNotSatisfiable { size }) => {
