@@ -23,6 +23,7 @@ mod portal;
 mod progress;
 mod registries;
 mod report;
+mod scaleout;
 mod system;
 
 use std::path::{Path, PathBuf};
@@ -112,6 +113,16 @@ Measurements (names for --only):
                 page (first page, filtered, mid-list), a repository page, and
                 the same through the management API. Target: p99 under 50 ms.
                 Distribution has no portal: berth's figures only.
+  scale-out     berth-server on its scale-out engines: PostgreSQL metadata and
+                blobs in Garage (S3), private servers started for the run. The
+                push (monolithic), pull and manifest-get measurements above
+                again, with one replica (distribution straight, as above), then
+                with two replicas behind a round-robin HTTP proxy that sends each
+                request to the next replica (distribution behind the same proxy,
+                one backend, so both columns pay the hop). Informational: the
+                embedded default's figures are the push, pull and manifest-get
+                rows; add them to --only to have all in one run. Needs Garage
+                (BERTH_GARAGE, or the cache scripts/test fills) and PostgreSQL.
   agent-pull    berth-agent beside ctr (containerd 1.6's `ctr images pull`),
                 both pulling by tag and unpacking into containerd (overlayfs)
                 the same two images from one berth-server (accounts on): 5
@@ -167,6 +178,7 @@ enum Measure {
     Rss,
     Auth,
     Portal,
+    ScaleOut,
     AgentPull,
     AgentRss,
     AgentSize,
@@ -186,6 +198,7 @@ impl Measure {
             Measure::Rss => "rss",
             Measure::Auth => "auth",
             Measure::Portal => "portal",
+            Measure::ScaleOut => "scale-out",
             Measure::AgentPull => "agent-pull",
             Measure::AgentRss => "agent-rss",
             Measure::AgentSize => "agent-size",
@@ -408,7 +421,7 @@ fn gc_note(log: &str) -> Option<String> {
 
 /// A warm-up on each registry, outside any measurement: ping, a small push
 /// in both forms and a pull, so that first-request costs land nowhere.
-async fn warm_up(reg: &Registry) -> anyhow::Result<()> {
+pub(crate) async fn warm_up(reg: &Registry) -> anyhow::Result<()> {
     let resp = reg.client.ping().await?;
     expect(reg, resp, StatusCode::OK, "GET /v2/").await?;
     let (data, digest) = blobs::fresh_blob(4 * MIB).await?;
@@ -914,6 +927,14 @@ async fn bench(
                         .notes
                         .push(format!("portal: {}: median {:.2} ms", f.label, f.median_ms));
                 }
+            }
+            Measure::ScaleOut => {
+                progress::line("scale-out: PostgreSQL, Garage and two berth-server replicas");
+                let so = scaleout::ScaleOut::start(binary, distribution.addr())?;
+                report.header.push(so.describe());
+                scaleout::measure(&so, &regs[1], &sizes, runs, &mut report)
+                    .await
+                    .map_err(|e| e.context(format!("scale-out failed\n{}", so.log_tails(20))))?;
             }
             Measure::AgentPull | Measure::AgentRss => {
                 if agent_setup.is_none() {
