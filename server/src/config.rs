@@ -651,4 +651,89 @@ mod tests {
             "the URL may hold a password: {err}"
         );
     }
+
+    #[test]
+    fn blob_url_picks_the_engine() {
+        let mut cfg = Config::default();
+        assert!(cfg.blob_engine().unwrap().is_embedded());
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s3");
+        std::fs::write(&secret, "the-secret\n").unwrap();
+        cfg.storage.blob_url = Some("s3://berth-blobs/prod".into());
+        cfg.storage.s3_endpoint = Some("http://garage.internal:3900".into());
+        cfg.storage.s3_region = "garage".into();
+        cfg.storage.s3_access_key_id = Some("GK1".into());
+        cfg.storage.s3_secret_access_key_file = Some(secret);
+        cfg.storage.s3_allow_http = true;
+        cfg.storage.blob_redirect = true;
+        cfg.validate().unwrap();
+        assert_eq!(cfg.blob_redirect(), Some(Duration::from_secs(300)));
+        match cfg.blob_engine().unwrap() {
+            BlobEngine::S3(o) => {
+                assert_eq!(
+                    (o.bucket.as_str(), o.prefix.as_str()),
+                    ("berth-blobs", "prod")
+                );
+                assert_eq!(o.endpoint.as_deref(), Some("http://garage.internal:3900"));
+                assert_eq!(o.region, "garage");
+                assert_eq!(o.part_size, 16 << 20);
+                // Unless BERTH_S3_SECRET_ACCESS_KEY is set around this test.
+                if std::env::var(S3_SECRET_ENV).is_err() {
+                    assert_eq!(o.secret_access_key.as_deref(), Some("the-secret"));
+                }
+                // The secret never shows in logs.
+                assert!(!format!("{o:?}").contains("the-secret"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn blob_settings_that_cannot_work_are_reported_one_line_each() {
+        let mut cfg = Config::default();
+        cfg.storage.blob_redirect = true;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(
+            err.0,
+            ["storage.blob_redirect needs storage.blob_url (blobs in S3)"]
+        );
+
+        let mut cfg = Config::default();
+        cfg.storage.blob_url = Some("s3://berth-blobs".into());
+        cfg.storage.s3_endpoint = Some("http://garage.internal:3900".into());
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].contains("plain HTTP"), "{err}");
+
+        cfg.storage.s3_allow_http = true;
+        cfg.storage.s3_part_size = 1 << 20;
+        let err = cfg.validate().unwrap_err();
+        assert!(err.0[0].starts_with("storage.blob_url: part size"), "{err}");
+
+        // 10,000 parts of 5 MiB hold less than the 64 GiB default limit.
+        cfg.storage.s3_part_size = 5 << 20;
+        let err = cfg.validate().unwrap_err();
+        assert!(err.0[0].contains("raise the part size"), "{err}");
+        cfg.limits.max_blob_bytes = 10 << 30;
+        cfg.validate().unwrap();
+
+        for bad in ["gs://bucket", "s3://Bad_Bucket", "s3://key:secret@bucket"] {
+            cfg.storage.blob_url = Some(bad.into());
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(err.0.len(), 1, "{bad}: {err}");
+            assert!(err.0[0].starts_with("storage.blob_url: "), "{err}");
+            assert!(!err.0[0].contains("secret"), "{err}");
+            assert!(!err.0[0].contains('\n'), "{err}");
+        }
+
+        // A key id without a secret anywhere.
+        let mut cfg = Config::default();
+        cfg.storage.blob_url = Some("s3://berth-blobs".into());
+        cfg.storage.s3_access_key_id = Some("GK1".into());
+        cfg.validate().unwrap();
+        if std::env::var(S3_SECRET_ENV).is_err() {
+            let err = cfg.blob_engine().unwrap_err();
+            assert!(err.to_string().contains(S3_SECRET_ENV), "{err}");
+        }
+    }
 }
