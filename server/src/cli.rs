@@ -553,6 +553,9 @@ async fn gc(cfg: &Config, json_mode: bool) -> anyhow::Result<()> {
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
+    if status == hyper::StatusCode::CONFLICT {
+        bail!("another berth-server replica is collecting garbage now; try again when it is done");
+    }
     if !status.is_success() {
         bail!(
             "garbage collection failed: {status} {}",

@@ -35,7 +35,8 @@ struct Shared {
 pub struct RoundRobinProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    _runtime: tokio::runtime::Runtime,
+    /// Ends the proxy's thread (and its runtime) when sent or dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for RoundRobinProxy {
@@ -48,8 +49,9 @@ impl std::fmt::Debug for RoundRobinProxy {
 }
 
 impl RoundRobinProxy {
-    /// Starts a proxy in front of `backends` on its own runtime (so that
-    /// synchronous tests can use it too).
+    /// Starts a proxy in front of `backends`, on a thread with its own
+    /// runtime: synchronous and async tests alike can start and drop it
+    /// (a runtime may be neither entered nor dropped inside another).
     pub fn start(backends: Vec<SocketAddr>) -> anyhow::Result<RoundRobinProxy> {
         anyhow::ensure!(!backends.is_empty(), "a proxy needs a backend");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -57,7 +59,8 @@ impl RoundRobinProxy {
             .thread_name("rr-proxy")
             .enable_all()
             .build()?;
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             served: backends.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -65,11 +68,29 @@ impl RoundRobinProxy {
             next: AtomicUsize::new(0),
             failed: AtomicU64::new(0),
         });
-        runtime.spawn(accept_loop(listener, shared.clone()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = shared.clone();
+        std::thread::Builder::new()
+            .name("rr-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("round-robin proxy: {e}");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = accept_loop(listener, serving) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
         Ok(RoundRobinProxy {
             addr,
             shared,
-            _runtime: runtime,
+            _stop: stop,
         })
     }
 
