@@ -12,11 +12,11 @@ use std::path::Path;
 use anyhow::Context;
 use test_support::{BerthServer, Garage, Postgres, RoundRobinProxy, S3Target};
 
+use crate::MIB;
 use crate::blobs::{self, PushKind};
 use crate::manifests;
 use crate::registries::Registry;
 use crate::report::{Better, Report, Row, Target, median};
-use crate::MIB;
 
 /// The scale-out servers of one run.
 pub struct ScaleOut {
@@ -39,7 +39,10 @@ fn env(database_url: String, password: &str, bucket: &S3Target) -> Vec<(String, 
         ),
         ("BERTH_STORAGE__S3_ENDPOINT".into(), bucket.endpoint.clone()),
         ("BERTH_STORAGE__S3_REGION".into(), bucket.region.clone()),
-        ("BERTH_STORAGE__S3_ACCESS_KEY_ID".into(), bucket.key_id.clone()),
+        (
+            "BERTH_STORAGE__S3_ACCESS_KEY_ID".into(),
+            bucket.key_id.clone(),
+        ),
         ("BERTH_STORAGE__S3_ALLOW_HTTP".into(), "true".into()),
         ("BERTH_S3_SECRET_ACCESS_KEY".into(), bucket.secret.clone()),
     ]
