@@ -2,11 +2,14 @@
 //!
 //! Entries exist only while someone holds or waits for them, so memory stays
 //! bounded by concurrency, not by the number of keys ever seen. These
-//! serialise work inside one process, which is what serves a data
-//! directory: an upload's progress is kept beside its staged bytes without
-//! a compare-and-set, so one session's chunks must go through one process.
-//! The metadata store's transactions (conditional deletes) keep GC correct
-//! against concurrent pushes.
+//! serialise work inside one process. Across replicas, a digest's commit
+//! and its GC delete are ordered by the metadata store's shared lock
+//! (`MetadataStore::lock_digest`, taken after this one, so one process asks
+//! the database once per digest at a time), and an upload's chunks need no
+//! lock: each write starts from the progress record the blob store keeps,
+//! and a racing writer makes the commit fail rather than store unhashed
+//! bytes. The metadata store's transactions (conditional deletes) keep GC
+//! correct against concurrent pushes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
