@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::postgres::KEEPER;
-use super::{ProcessLog, TAIL_LINES, kill_and_reap};
+use super::{ProcessLog, TAIL_LINES};
 use crate::net::free_port;
 
 /// The Garage release the tests and `scripts/test` use.
@@ -340,18 +340,11 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 
 impl Drop for Garage {
     fn drop(&mut self) {
-        // Closing the keeper's stdin stops Garage and removes the directory;
-        // wait for that, then make sure.
-        drop(self.stdin.take());
-        if let Some(mut keeper) = self.keeper.take() {
-            match super::wait_timeout(&mut keeper, Duration::from_secs(20)) {
-                Ok(Some(_)) => {}
-                _ => kill_and_reap(&mut keeper),
-            }
-        }
-        if self.root.exists() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-        self.log.print_tail_if_panicking();
+        super::stop_kept(
+            self.stdin.take(),
+            self.keeper.take(),
+            &self.root,
+            &self.log,
+        );
     }
 }

@@ -107,6 +107,29 @@ impl ProcessLog {
     }
 }
 
+/// Stops a server that runs under a keeper process (PostgreSQL, Garage):
+/// closing the keeper's stdin makes it stop the server and remove the
+/// server's directory; this waits for that, then makes sure, and shows the
+/// log's tail if the test is panicking. For the servers' `Drop`.
+fn stop_kept(
+    stdin: Option<std::process::ChildStdin>,
+    keeper: Option<Child>,
+    root: &Path,
+    log: &ProcessLog,
+) {
+    drop(stdin);
+    if let Some(mut keeper) = keeper {
+        match wait_timeout(&mut keeper, Duration::from_secs(20)) {
+            Ok(Some(_)) => {}
+            _ => kill_and_reap(&mut keeper),
+        }
+    }
+    if root.exists() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+    log.print_tail_if_panicking();
+}
+
 /// Waits up to `timeout` for `child` to exit.
 fn wait_timeout(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
     let start = Instant::now();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::{ProcessLog, TAIL_LINES, kill_and_reap};
+use super::{ProcessLog, TAIL_LINES};
 use crate::net::free_port;
 use crate::tools::require_tool;
 
@@ -308,19 +308,12 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // Closing the keeper's stdin stops PostgreSQL (fast shutdown) and
-        // removes the directory; wait for that, then make sure.
-        drop(self.stdin.take());
-        if let Some(mut keeper) = self.keeper.take() {
-            match super::wait_timeout(&mut keeper, Duration::from_secs(20)) {
-                Ok(Some(_)) => {}
-                _ => kill_and_reap(&mut keeper),
-            }
-        }
-        if self.root.exists() {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-        self.log.print_tail_if_panicking();
+        super::stop_kept(
+            self.stdin.take(),
+            self.keeper.take(),
+            &self.root,
+            &self.log,
+        );
     }
 }
 
