@@ -340,11 +340,6 @@ fn rand_bytes<const N: usize>() -> [u8; N] {
 
 impl Drop for Garage {
     fn drop(&mut self) {
-        super::stop_kept(
-            self.stdin.take(),
-            self.keeper.take(),
-            &self.root,
-            &self.log,
-        );
+        super::stop_kept(self.stdin.take(), self.keeper.take(), &self.root, &self.log);
     }
 }

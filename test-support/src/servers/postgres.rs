@@ -308,12 +308,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        super::stop_kept(
-            self.stdin.take(),
-            self.keeper.take(),
-            &self.root,
-            &self.log,
-        );
+        super::stop_kept(self.stdin.take(), self.keeper.take(), &self.root, &self.log);
     }
 }
 
