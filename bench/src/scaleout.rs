@@ -28,33 +28,14 @@ pub struct ScaleOut {
     pub bucket: S3Target,
 }
 
-/// berth-server's settings for a fresh database and `bucket`.
-fn env(database_url: String, password: &str, bucket: &S3Target) -> Vec<(String, String)> {
-    vec![
-        ("BERTH_STORAGE__METADATA_URL".into(), database_url),
-        ("BERTH_METADATA_PASSWORD".into(), password.to_owned()),
-        (
-            "BERTH_STORAGE__BLOB_URL".into(),
-            format!("s3://{}", bucket.bucket),
-        ),
-        ("BERTH_STORAGE__S3_ENDPOINT".into(), bucket.endpoint.clone()),
-        ("BERTH_STORAGE__S3_REGION".into(), bucket.region.clone()),
-        (
-            "BERTH_STORAGE__S3_ACCESS_KEY_ID".into(),
-            bucket.key_id.clone(),
-        ),
-        ("BERTH_STORAGE__S3_ALLOW_HTTP".into(), "true".into()),
-        ("BERTH_S3_SECRET_ACCESS_KEY".into(), bucket.secret.clone()),
-    ]
-}
-
 impl ScaleOut {
     /// Starts PostgreSQL and Garage (private, on temp dirs), then two
     /// replicas of `binary` on them and the proxies.
     pub fn start(binary: &Path, distribution: SocketAddr) -> anyhow::Result<ScaleOut> {
         let pg = Postgres::shared();
         let bucket = Garage::shared().create_bucket();
-        let env = env(pg.url(&pg.create_database()), pg.password(), &bucket);
+        let mut env = pg.server_env(&pg.create_database());
+        env.extend(bucket.server_env());
         let mut replicas = Vec::new();
         for i in 0..2 {
             let mut b = BerthServer::builder()

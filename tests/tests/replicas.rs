@@ -26,21 +26,6 @@ use test_support::{
 
 const NS: &str = "acme.io";
 
-/// berth-server's settings for blobs in `s3`'s bucket.
-fn s3_env(s3: &test_support::S3Target) -> Vec<(String, String)> {
-    [
-        ("BERTH_STORAGE__BLOB_URL", format!("s3://{}", s3.bucket)),
-        ("BERTH_STORAGE__S3_ENDPOINT", s3.endpoint.clone()),
-        ("BERTH_STORAGE__S3_REGION", s3.region.clone()),
-        ("BERTH_STORAGE__S3_ACCESS_KEY_ID", s3.key_id.clone()),
-        ("BERTH_STORAGE__S3_ALLOW_HTTP", "true".to_owned()),
-        ("BERTH_S3_SECRET_ACCESS_KEY", s3.secret.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
 /// Two replicas, the proxy, and a user of account `acme` (namespace
 /// `acme.io`) with a login credential.
 struct Replicas {
@@ -56,15 +41,9 @@ impl Replicas {
     fn start(extra_env: &[(&str, &str)]) -> Replicas {
         let pg = test_support::Postgres::shared();
         let s3 = test_support::Garage::shared().create_bucket();
-        let mut env: Vec<(String, String)> = vec![
-            ("BERTH_AUTH__ENABLED".into(), "true".into()),
-            (
-                "BERTH_STORAGE__METADATA_URL".into(),
-                pg.url(&pg.create_database()),
-            ),
-            ("BERTH_METADATA_PASSWORD".into(), pg.password().to_owned()),
-        ];
-        env.extend(s3_env(&s3));
+        let mut env: Vec<(String, String)> = vec![("BERTH_AUTH__ENABLED".into(), "true".into())];
+        env.extend(pg.server_env(&pg.create_database()));
+        env.extend(s3.server_env());
         env.extend(
             extra_env
                 .iter()
@@ -373,6 +352,11 @@ async fn a_replica_killed_mid_patch_the_upload_resumes_on_the_other() {
     assert!(
         !matches!(&outcome, Ok(resp) if resp.status().is_success()),
         "the PATCH cannot have succeeded: {outcome:?}"
+    );
+    assert_eq!(
+        r.proxy.failed(),
+        1,
+        "the proxy saw the replica die mid-request"
     );
 
     // Nothing of it is visible.

@@ -134,19 +134,13 @@ impl BerthServerBuilder {
         };
         let mut envs = self.envs;
         let postgres = self.postgres.unwrap_or_else(postgres_by_default);
-        let mut metadata_env = Vec::new();
-        if postgres {
+        let metadata_env = if postgres {
             let pg = super::Postgres::shared();
             // The database outlives restarts, like the data directory.
-            metadata_env.push((
-                "BERTH_STORAGE__METADATA_URL".to_owned(),
-                pg.url(&pg.create_database()),
-            ));
-            metadata_env.push((
-                "BERTH_METADATA_PASSWORD".to_owned(),
-                pg.password().to_owned(),
-            ));
-        }
+            pg.server_env(&pg.create_database())
+        } else {
+            Vec::new()
+        };
         envs.extend(
             metadata_env
                 .iter()

@@ -41,6 +41,24 @@ pub struct S3Target {
     pub secret: String,
 }
 
+impl S3Target {
+    /// The `BERTH_*` variables that put a `berth-server`'s blobs in this
+    /// bucket (the secret in `BERTH_S3_SECRET_ACCESS_KEY`).
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        [
+            ("BERTH_STORAGE__BLOB_URL", format!("s3://{}", self.bucket)),
+            ("BERTH_STORAGE__S3_ENDPOINT", self.endpoint.clone()),
+            ("BERTH_STORAGE__S3_REGION", self.region.clone()),
+            ("BERTH_STORAGE__S3_ACCESS_KEY_ID", self.key_id.clone()),
+            ("BERTH_STORAGE__S3_ALLOW_HTTP", "true".to_owned()),
+            ("BERTH_S3_SECRET_ACCESS_KEY", self.secret.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
 /// A running private Garage node; stopped and removed when dropped.
 #[derive(Debug)]
 pub struct Garage {

@@ -300,6 +300,18 @@ impl Postgres {
         name
     }
 
+    /// The `BERTH_*` variables that put a `berth-server`'s metadata and
+    /// auth store in `database` (the password in `BERTH_METADATA_PASSWORD`).
+    pub fn server_env(&self, database: &str) -> Vec<(String, String)> {
+        vec![
+            ("BERTH_STORAGE__METADATA_URL".to_owned(), self.url(database)),
+            (
+                "BERTH_METADATA_PASSWORD".to_owned(),
+                self.password().to_owned(),
+            ),
+        ]
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         self.log.text()
