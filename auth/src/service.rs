@@ -988,6 +988,18 @@ impl AuthService {
         Ok(done)
     }
 
+    /// A node by id (any account: callers scope it themselves).
+    pub async fn node(&self, id: &str) -> Result<Option<Node>> {
+        self.inner.store.node(id).await
+    }
+
+    /// Whether the node was revoked, as of the last [`AuthService::refresh`]
+    /// (about a second): cheap enough to ask often, e.g. for every open
+    /// control-plane connection.
+    pub fn node_revoked(&self, id: &str) -> bool {
+        self.inner.revoked.read().nodes.contains(id)
+    }
+
     /// The identity of a node presenting `cert_der`, which TLS verified
     /// against the node CA. Checked against the store every time: a revoked
     /// or re-enrolled node's certificate gets nothing.
