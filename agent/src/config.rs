@@ -37,6 +37,7 @@ pub struct AgentConfig {
     pub log: LogSettings,
     pub gc: GcSettings,
     pub network: NetworkSettings,
+    pub control: ControlSettings,
     /// Local state of the agent (cached tokens are kept in memory only;
     /// this is for what must survive restarts).
     pub data_dir: PathBuf,
@@ -44,6 +45,35 @@ pub struct AgentConfig {
     /// loopback by default because the metrics are for the box's own
     /// scraper.
     pub metrics_listen: SocketAddr,
+}
+
+/// The control-plane connection of `berth-agent daemon`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSettings {
+    /// Keep a connection to the server's control plane (on the node
+    /// endpoint) and take its commands and desired state. Default true.
+    pub enabled: bool,
+    /// The control plane's URL; default `node.auth_url` (the same
+    /// endpoint).
+    pub url: Option<String>,
+    /// HTTP/2 keepalive PING interval, seconds: a dead path (NAT timeout,
+    /// a proxy dropping the connection) is found within about twice this.
+    pub keepalive_secs: u64,
+    /// Longest wait between reconnection attempts, seconds (the waits grow
+    /// exponentially from one second, each a random part of its cap).
+    pub backoff_max_secs: u64,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            enabled: true,
+            url: None,
+            keepalive_secs: 20,
+            backoff_max_secs: 60,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -193,6 +223,7 @@ impl Default for AgentConfig {
             log: LogSettings::default(),
             gc: GcSettings::default(),
             network: NetworkSettings::default(),
+            control: ControlSettings::default(),
             data_dir: PathBuf::from("/var/lib/berth-agent"),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
         }
@@ -347,6 +378,20 @@ impl AgentConfig {
                 problems.push(format!("{key}: {} is not a readable file", path.display()));
             }
         }
+        if let Some(url) = &self.control.url {
+            match url_host(url) {
+                Ok(_) if !url.starts_with("https://") => problems
+                    .push("control.url: must be https:// (the node endpoint is mTLS only)".into()),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("control.url: {e}")),
+            }
+        }
+        if self.control.keepalive_secs == 0 {
+            problems.push("control.keepalive_secs: must be positive".into());
+        }
+        if self.control.backoff_max_secs == 0 {
+            problems.push("control.backoff_max_secs: must be positive".into());
+        }
         if let Some(ca) = &self.registry.ca_file
             && !ca.is_file()
         {
@@ -417,6 +462,11 @@ impl AgentConfig {
     }
 
     /// The platform to pull: configured, or the one this binary runs on.
+    /// The control plane's URL: `control.url`, else `node.auth_url`.
+    pub fn control_url(&self) -> &str {
+        self.control.url.as_deref().unwrap_or(&self.node.auth_url)
+    }
+
     pub fn platform(&self) -> Platform {
         self.pull
             .platform

@@ -20,6 +20,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     up.set(1);
     let metrics = agent::supervisor::Metrics::default();
     metrics.register(&mut registry);
+    let control_connected = Gauge::<i64>::default();
+    registry.register(
+        "berth_agent_control_connected",
+        "1 while the control-plane connection is up",
+        control_connected.clone(),
+    );
     let registry = Arc::new(registry);
     let app = Router::new()
         .route(
@@ -62,6 +68,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let gc = tokio::spawn(gc_loop(cfg.clone(), stop_rx.clone()));
+    let control = if cfg.control.enabled {
+        Some(tokio::spawn(control_loop(
+            cfg.clone(),
+            control_connected,
+            stop_rx.clone(),
+        )))
+    } else {
+        tracing::info!("control plane disabled (control.enabled = false)");
+        None
+    };
     tracing::info!(addr = %listener.local_addr()?, "berth-agent daemon running");
     // Ready for systemd once the endpoint is bound and the supervisor runs
     // (it reaches containerd on its own, retrying while containerd is down).
@@ -76,6 +92,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .await?;
     supervisor.await.context("the supervisor task")?;
     gc.await.context("the image GC task")?;
+    if let Some(c) = control {
+        c.await.context("the control-plane task")?;
+    }
     tracing::info!("berth-agent daemon stopped");
     Ok(())
 }
@@ -83,6 +102,51 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 /// A GC pass every `gc.interval` (the first one after an interval, so a
 /// restarting daemon does not race the supervisor's first starts). A
 /// failed pass is logged and retried at the next tick.
+/// Keeps the control-plane connection (see `agent::remote`) until the
+/// shutdown; the containers and the desired state do not depend on it.
+async fn control_loop(
+    cfg: AgentConfig,
+    connected: Gauge<i64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p);
+    let (ca, cert, key) = match (
+        read(&cfg.node.ca_file),
+        read(&cfg.node.cert_file),
+        read(&cfg.node.key_file),
+    ) {
+        (Ok(ca), Ok(cert), Ok(key)) => (ca, cert, key),
+        (a, b, c) => {
+            let e = a.err().or(b.err()).or(c.err());
+            tracing::error!(error = ?e, "control plane: reading the node certificate, key and CA; not connecting");
+            return;
+        }
+    };
+    agent::install_crypto_provider();
+    let mut client =
+        control_plane_client::ClientConfig::new(cfg.control_url().to_owned(), ca, cert, key);
+    client.keepalive_interval = std::time::Duration::from_secs(cfg.control.keepalive_secs);
+    client.backoff_max = std::time::Duration::from_secs(cfg.control.backoff_max_secs);
+    let handler = Arc::new(agent::remote::RemoteHandler(agent::remote::Remote::new(
+        cfg.clone(),
+    )));
+    let (state_tx, mut state_rx) =
+        tokio::sync::watch::channel(control_plane_client::LinkState::default());
+    tokio::spawn(async move {
+        while state_rx.changed().await.is_ok() {
+            connected.set(i64::from(state_rx.borrow().connected));
+        }
+    });
+    control_plane_client::run(
+        client,
+        handler,
+        control_plane_client::Uplink::default(),
+        state_tx,
+        stop,
+    )
+    .await;
+}
+
 async fn gc_loop(cfg: AgentConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
     let (policy, interval) = match (
         agent::gc::policy_from_config(&cfg),

@@ -28,6 +28,7 @@ pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod remote;
 pub mod runtime;
 pub mod spool;
 pub mod supervisor;

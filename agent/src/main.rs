@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use agent::config::{AgentConfig, DEFAULT_CONFIG_PATH, Overrides};
 use agent::containerd::Containerd;
 use agent::runtime::logcopy;
-use agent::runtime::settings::{self, CapName, LogLimits, Mounted, Settings};
+use agent::runtime::settings::{self, LogLimits, Settings};
 use agent::runtime::spec::Overrides as RunOverrides;
 use agent::runtime::{RunRequest, Runtime};
 use agent::supervisor::definition::{
@@ -776,55 +776,20 @@ struct SettingsArgs {
 
 impl SettingsArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let parse_caps = |names: &[String]| {
-            names
-                .iter()
-                .map(|n| CapName::parse(n))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let mut settings = Settings {
+        Ok(settings::SettingsInput {
             privileged: self.privileged,
-            cap_add: parse_caps(&self.cap_add)?,
-            cap_drop: parse_caps(&self.cap_drop)?,
-            memory_bytes: self
-                .memory
-                .as_deref()
-                .map(settings::parse_memory)
-                .transpose()?,
-            cpu_quota_us: self.cpus.as_deref().map(settings::parse_cpus).transpose()?,
-            ..Settings::default()
-        };
-        for m in &self.mounts {
-            match settings::parse_mount(m)? {
-                Mounted::Bind(b) => settings.mounts.push(b),
-                Mounted::Volume(v) => settings.volumes.push(v),
-            }
+            cap_add: self.cap_add.clone(),
+            cap_drop: self.cap_drop.clone(),
+            mounts: self.mounts.clone(),
+            volumes: self.volumes.clone(),
+            memory: self.memory.clone(),
+            cpus: self.cpus.clone(),
+            log_max_size: self.log_max_size.clone(),
+            log_max_files: self.log_max_files,
+            network: self.network.clone(),
+            publish: self.publish.clone(),
         }
-        for v in &self.volumes {
-            settings.volumes.push(settings::parse_volume(v)?);
-        }
-        if let Some(size) = &self.log_max_size {
-            settings.log.max_size = Some(
-                settings::parse_bytes(size).map_err(|e| anyhow::anyhow!("--log-max-size {e}"))?,
-            );
-        }
-        if let Some(files) = self.log_max_files {
-            if settings.log.max_size.is_none() {
-                anyhow::bail!("--log-max-files needs --log-max-size");
-            }
-            settings.log.max_files = files;
-        }
-        for p in &self.publish {
-            settings.ports.push(settings::parse_port(p)?);
-        }
-        settings.network = match &self.network {
-            Some(mode) => settings::NetworkMode::parse(mode)?,
-            // Publishing a port only makes sense on the bridge.
-            None if !settings.ports.is_empty() => settings::NetworkMode::Bridge,
-            None => settings::NetworkMode::Host,
-        };
-        settings.validate()?;
-        Ok(settings)
+        .settings()?)
     }
 }
 

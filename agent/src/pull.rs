@@ -295,6 +295,18 @@ impl Puller {
         ImageRef::resolve(input, &self.registry_host, &self.namespace)
     }
 
+    /// The digest `input` resolves to on the registry (a manifest fetch
+    /// with the node's token): the control plane's connectivity test.
+    pub async fn resolve_digest(&self, input: &str) -> Result<String, PullError> {
+        let image = self.resolve(input)?;
+        let reference = image
+            .digest
+            .clone()
+            .or_else(|| image.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        Ok(self.manifest(&image, &reference).await?.1)
+    }
+
     /// Fetches a manifest with retries.
     async fn manifest(
         &self,

@@ -53,6 +53,10 @@ pub enum Admin {
     },
     /// Run one garbage collection pass now, on the running server.
     Gc,
+    /// Remote commands to nodes and their status, through the running
+    /// server (pull, run, stop, rm, images, ps, rmi, logs, test, desired).
+    #[command(subcommand)]
+    Nodes(crate::cli_nodes::NodesCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +238,9 @@ fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> 
 pub async fn run(cfg: &Config, cmd: Admin, opts: AdminOpts) -> anyhow::Result<()> {
     if let Admin::Gc = cmd {
         return gc(cfg, opts.json).await;
+    }
+    if let Admin::Nodes(n) = cmd {
+        return crate::cli_nodes::run(cfg, n, opts.json).await;
     }
     let engine = cfg.metadata_engine()?;
     let store = auth::open_store(&cfg.data_dir, engine.postgres())
@@ -527,7 +534,7 @@ pub async fn run(cfg: &Config, cmd: Admin, opts: AdminOpts) -> anyhow::Result<()
             });
         }
         // Handled above, before the auth store is opened.
-        Admin::Gc => {}
+        Admin::Gc | Admin::Nodes(_) => {}
     }
     Ok(())
 }

@@ -84,8 +84,27 @@ pub struct TlsSection {
 #[serde(deny_unknown_fields)]
 pub struct NodesSection {
     /// Address of the node endpoint: TLS requiring a client certificate of
-    /// Berth's node CA (node-auth tokens). Unset: no node endpoint.
+    /// Berth's node CA (node-auth tokens and the control plane's gRPC
+    /// stream). Unset: no node endpoint.
     pub listen: Option<SocketAddr>,
+    /// How often connected agents send a heartbeat, seconds. Default 15.
+    pub heartbeat_secs: u64,
+    /// Every this many heartbeats an agent reports its containers, images
+    /// and drift. Default 4.
+    pub report_every: u32,
+    /// How long a command waits for an offline node before it expires,
+    /// seconds. Default 86400.
+    pub command_ttl_secs: u64,
+    /// How often a connection looks for commands accepted by another
+    /// replica, milliseconds (commands accepted by the same replica go out
+    /// at once). Default 1000.
+    pub poll_ms: u64,
+    /// A node not heard from for this long is shown offline, seconds.
+    /// Default 45 (three heartbeats).
+    pub offline_after_secs: u64,
+    /// HTTP/2 keepalive PING interval on node connections, seconds: finds
+    /// agents that vanished without closing. Default 30.
+    pub keepalive_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -239,7 +258,15 @@ impl Default for Config {
                 names: vec!["localhost".into(), "127.0.0.1".into()],
                 insecure_plain_http: false,
             },
-            nodes: NodesSection { listen: None },
+            nodes: NodesSection {
+                listen: None,
+                heartbeat_secs: 15,
+                report_every: 4,
+                command_ttl_secs: 86_400,
+                poll_ms: 1000,
+                offline_after_secs: 45,
+                keepalive_secs: 30,
+            },
             admin_socket: None,
             shutdown_timeout_secs: 30,
         }
@@ -356,6 +383,25 @@ impl Config {
         if self.gc.enabled && self.gc.interval_secs == 0 {
             problems.push("gc.interval_secs must be positive when gc.enabled".into());
         }
+        let n = &self.nodes;
+        if n.heartbeat_secs == 0 || n.heartbeat_secs > 3600 {
+            problems.push("nodes.heartbeat_secs must be 1 to 3600".into());
+        }
+        if n.offline_after_secs <= n.heartbeat_secs {
+            problems.push("nodes.offline_after_secs must exceed nodes.heartbeat_secs".into());
+        }
+        if n.poll_ms < 50 {
+            problems.push("nodes.poll_ms must be at least 50".into());
+        }
+        if n.report_every == 0 {
+            problems.push("nodes.report_every must be positive".into());
+        }
+        if n.command_ttl_secs == 0 {
+            problems.push("nodes.command_ttl_secs must be positive".into());
+        }
+        if n.keepalive_secs == 0 {
+            problems.push("nodes.keepalive_secs must be positive".into());
+        }
         if let Err(e) = MetadataEngine::from_url(
             self.storage.metadata_url.as_deref(),
             None,
@@ -463,6 +509,21 @@ impl Config {
         self.admin_socket
             .clone()
             .unwrap_or_else(|| self.data_dir.join("admin.sock"))
+    }
+
+    /// The control plane's settings; `replica` names this process in node
+    /// status (which replica holds a node's connection).
+    pub fn control_config(&self, replica: String) -> control::ControlConfig {
+        let n = &self.nodes;
+        control::ControlConfig {
+            replica,
+            heartbeat: Duration::from_secs(n.heartbeat_secs),
+            report_every: n.report_every,
+            command_ttl: Duration::from_secs(n.command_ttl_secs),
+            poll_interval: Duration::from_millis(n.poll_ms),
+            offline_after: Duration::from_secs(n.offline_after_secs),
+            ..control::ControlConfig::default()
+        }
     }
 
     pub fn auth_config(&self) -> auth::AuthConfig {

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod control_stream;
 pub mod gc;
 pub mod http;
 pub mod metrics;
@@ -39,6 +40,8 @@ pub enum ServeError {
     },
     #[error("opening the auth store: {0}")]
     Auth(#[from] ::auth::AuthError),
+    #[error("opening the control-plane store: {0}")]
+    Control(::control::ControlError),
     #[error(
         "refusing to listen on {0}: without authentication berth-server serves loopback addresses only"
     )]
@@ -67,6 +70,8 @@ pub struct App {
     pub admin_router: axum::Router,
     pub registry: Registry,
     pub auth: Option<AuthService>,
+    /// The control plane; present when auth is enabled (nodes need it).
+    pub control: Option<::control::ControlPlane>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -131,6 +136,28 @@ impl App {
             audit: auth.clone(),
             blob_redirect: cfg.blob_redirect(),
         };
+        let control = match &auth {
+            Some(_) => {
+                let store = ::control::open_store(&cfg.data_dir, engine.postgres())
+                    .await
+                    .map_err(ServeError::Control)?;
+                Some(::control::ControlPlane::new(
+                    store,
+                    cfg.control_config(replica_name(cfg)),
+                ))
+            }
+            None => None,
+        };
+        let control_router = match (&control, &auth) {
+            (Some(c), Some(a)) => Some(crate::control_stream::router(
+                crate::control_stream::ControlService {
+                    control: c.clone(),
+                    auth: a.clone(),
+                    metrics: metrics.clone(),
+                },
+            )),
+            _ => None,
+        };
         let tokens = auth.clone().map(|auth| TokenState { auth });
         let admin_state = AppState {
             auth: Arc::new(OpenAccess),
@@ -146,13 +173,22 @@ impl App {
                 portal::router(portal),
                 cfg.limits.max_concurrent_requests,
             ),
-            node_router: tokens.map(|t| http::node_router(t, metrics.clone())),
+            node_router: tokens.map(|t| http::node_router(t, metrics.clone(), control_router)),
             admin_router: http::admin_router(admin_state),
             registry,
             auth,
+            control,
             metrics,
         })
     }
+}
+
+/// This process's name among replicas, in node status: host name and pid.
+fn replica_name(cfg: &Config) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "berth-server".into());
+    format!("{host}:{}:{}", std::process::id(), cfg.listen.port())
 }
 
 /// The sockets a server serves on.
@@ -267,6 +303,9 @@ pub async fn run_with(
             }
         });
     }
+    if let Some(control) = app.control.clone() {
+        tasks.spawn(control.housekeeping(shutdown.child_token()));
+    }
     if let (Some(listener), Some(router), Some(auth)) =
         (listeners.node, app.node_router.clone(), &app.auth)
     {
@@ -275,13 +314,14 @@ pub async fn run_with(
         let addr = listener
             .local_addr()
             .map_err(io_err("reading the node endpoint address"))?;
-        tracing::info!(address = %addr, "node endpoint listening (mTLS)");
-        tasks.spawn(serve::serve(
+        tracing::info!(address = %addr, "node endpoint listening (mTLS: node tokens, control plane)");
+        tasks.spawn(serve::serve_with(
             listener,
             router,
             Some(node_tls),
             shutdown.child_token(),
             grace,
+            Some(Duration::from_secs(cfg.nodes.keepalive_secs)),
         ));
     }
     let socket = cfg.admin_socket_path();

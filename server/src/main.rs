@@ -10,6 +10,7 @@ use server::config::{Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 
 mod cli;
+mod cli_nodes;
 
 /// Berth's private container registry for fleets of edge appliances.
 ///

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub gc_blobs: Counter,
     pub gc_bytes: Counter,
     pub gc_manifests: Counter,
+    /// Control-plane streams open on this replica.
+    pub nodes_connected: Gauge,
+    pub control_messages: Counter,
 }
 
 impl Default for Metrics {
@@ -127,6 +130,18 @@ impl Metrics {
             "Untagged manifests deleted by garbage collection",
             gc_manifests.clone(),
         );
+        let nodes_connected = Gauge::default();
+        registry.register(
+            "control_nodes_connected",
+            "Nodes holding a control-plane stream to this server",
+            nodes_connected.clone(),
+        );
+        let control_messages = Counter::default();
+        registry.register(
+            "control_messages_received",
+            "Messages received from nodes on control-plane streams",
+            control_messages.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -141,6 +156,8 @@ impl Metrics {
             gc_blobs,
             gc_bytes,
             gc_manifests,
+            nodes_connected,
+            control_messages,
         }
     }
 

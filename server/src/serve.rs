@@ -103,6 +103,20 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    serve_with(listener, router, tls, shutdown, grace, None).await
+}
+
+/// [`serve`], with HTTP/2 keepalive PINGs every `keepalive` (the node
+/// endpoint: a control-plane stream whose agent vanished behind NAT is
+/// found and closed instead of held for good).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<ServerConfig>>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    keepalive: Option<Duration>,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -124,7 +138,16 @@ pub async fn serve(
         tokio::spawn(async move {
             match tls {
                 None => {
-                    serve_connection(TokioIo::new(tcp), router, peer, None, false, watcher).await
+                    serve_connection(
+                        TokioIo::new(tcp),
+                        router,
+                        peer,
+                        None,
+                        false,
+                        watcher,
+                        keepalive,
+                    )
+                    .await
                 }
                 Some(cfg) => {
                     let accepted = tokio::time::timeout(
@@ -149,7 +172,16 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| PeerCertificate(Arc::new(c.to_vec())));
-                    serve_connection(TokioIo::new(stream), router, peer, cert, true, watcher).await;
+                    serve_connection(
+                        TokioIo::new(stream),
+                        router,
+                        peer,
+                        cert,
+                        true,
+                        watcher,
+                        keepalive,
+                    )
+                    .await;
                 }
             }
         });
@@ -170,6 +202,7 @@ async fn serve_connection<I>(
     cert: Option<PeerCertificate>,
     secure: bool,
     watcher: hyper_util::server::graceful::Watcher,
+    keepalive: Option<Duration>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -182,7 +215,14 @@ async fn serve_connection<I>(
             }
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(every) = keepalive {
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(every))
+            .keep_alive_timeout(every.min(Duration::from_secs(20)));
+    }
     let conn = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

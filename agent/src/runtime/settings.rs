@@ -15,6 +15,81 @@ use serde::{Deserialize, Serialize};
 
 use super::RuntimeError;
 
+/// The settings as users spell them: `run` and `define` flags, and the
+/// control plane's container spec. [`SettingsInput::settings`] parses and
+/// validates them all, so both paths accept and refuse the same things.
+#[derive(Clone, Debug, Default)]
+pub struct SettingsInput {
+    pub privileged: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `type=bind,…` or `type=volume,…`.
+    pub mounts: Vec<String>,
+    /// `NAME:/target[:ro]`.
+    pub volumes: Vec<String>,
+    pub memory: Option<String>,
+    pub cpus: Option<String>,
+    pub log_max_size: Option<String>,
+    pub log_max_files: Option<u32>,
+    /// `host`, `bridge`, `none`; unset: bridge when ports are published,
+    /// else host.
+    pub network: Option<String>,
+    pub publish: Vec<String>,
+}
+
+impl SettingsInput {
+    pub fn settings(&self) -> Result<Settings, RuntimeError> {
+        let parse_caps = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| CapName::parse(n))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut settings = Settings {
+            privileged: self.privileged,
+            cap_add: parse_caps(&self.cap_add)?,
+            cap_drop: parse_caps(&self.cap_drop)?,
+            memory_bytes: self.memory.as_deref().map(parse_memory).transpose()?,
+            cpu_quota_us: self.cpus.as_deref().map(parse_cpus).transpose()?,
+            ..Settings::default()
+        };
+        for m in &self.mounts {
+            match parse_mount(m)? {
+                Mounted::Bind(b) => settings.mounts.push(b),
+                Mounted::Volume(v) => settings.volumes.push(v),
+            }
+        }
+        for v in &self.volumes {
+            settings.volumes.push(parse_volume(v)?);
+        }
+        if let Some(size) = &self.log_max_size {
+            settings.log.max_size = Some(
+                parse_bytes(size)
+                    .map_err(|e| RuntimeError::Invalid(format!("--log-max-size {e}")))?,
+            );
+        }
+        if let Some(files) = self.log_max_files {
+            if settings.log.max_size.is_none() {
+                return Err(RuntimeError::Invalid(
+                    "--log-max-files needs --log-max-size".into(),
+                ));
+            }
+            settings.log.max_files = files;
+        }
+        for p in &self.publish {
+            settings.ports.push(parse_port(p)?);
+        }
+        settings.network = match &self.network {
+            Some(mode) => NetworkMode::parse(mode)?,
+            // Publishing a port only makes sense on the bridge.
+            None if !settings.ports.is_empty() => NetworkMode::Bridge,
+            None => NetworkMode::Host,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
 /// The CFS period the CPU quota is expressed in (Docker's and the
 /// kernel's default, 100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;

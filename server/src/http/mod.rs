@@ -129,12 +129,24 @@ async fn label_portal(
 }
 
 /// The node endpoint: node-auth tokens for a client certificate.
-pub fn node_router(tokens: token::TokenState, metrics: Arc<Metrics>) -> Router {
+/// The node endpoint: node-auth tokens for a client certificate, and the
+/// control plane's gRPC stream (`control`), which stays outside the request
+/// layers: one stream per node lasts for days, so it must not count
+/// against the bound on concurrent requests.
+pub fn node_router(
+    tokens: token::TokenState,
+    metrics: Arc<Metrics>,
+    control: Option<Router>,
+) -> Router {
     let app = Router::new()
         .route("/auth/node-token", get(token::node_token))
         .route("/healthz", get(api::health))
         .with_state(tokens);
-    layered(app, metrics, 1024)
+    let app = layered(app, metrics, 1024);
+    match control {
+        Some(c) => app.merge(c),
+        None => app,
+    }
 }
 
 /// Operator actions on the admin socket (no authentication: the socket's
