@@ -566,9 +566,8 @@ async fn pump(
                     if sent.contains(&c.id) {
                         continue;
                     }
-                    if !send(server_message::Body::Command(c.to_proto())).await {
-                        return;
-                    }
+                    // Marked first: a send that fails leaves it `sent`,
+                    // which the next connection sends again all the same.
                     if let Err(e) = plane
                         .inner
                         .store
@@ -576,6 +575,9 @@ async fn pump(
                         .await
                     {
                         tracing::warn!(command = %c.id, error = %e, "recording a delivery");
+                    }
+                    if !send(server_message::Body::Command(c.to_proto())).await {
+                        return;
                     }
                     sent.insert(c.id);
                 }
