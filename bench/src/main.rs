@@ -18,6 +18,7 @@
 mod agent;
 mod auth;
 mod blobs;
+mod control;
 mod manifests;
 mod portal;
 mod progress;
@@ -123,6 +124,17 @@ Measurements (names for --only):
                 embedded default's figures are the push, pull and manifest-get
                 rows; add them to --only to have all in one run. Needs Garage
                 (BERTH_GARAGE, or the cache scripts/test fills) and PostgreSQL.
+  control       The control plane, on a berth-server with accounts on: 200
+                nodes enrolled with `admin node enroll` and connected from
+                this process as stand-in agents (the real client library:
+                mTLS with each node's certificate, heartbeats every 2 s,
+                reports; no containerd). Server VmRSS with no node connected
+                (after one came and went) and with all 200 idle for 6 s: the
+                difference per node. Then 200 commands (list-images, one node
+                after the other) POSTed by a developer through the
+                management API, each polled every 2 ms until `succeeded`:
+                median and p99 round trip. berth's figures only
+                (distribution has no control plane); no target.
   agent-pull    berth-agent beside ctr (containerd 1.6's `ctr images pull`),
                 both pulling by tag and unpacking into containerd (overlayfs)
                 the same two images from one berth-server (accounts on): 5
@@ -179,6 +191,7 @@ enum Measure {
     Auth,
     Portal,
     ScaleOut,
+    Control,
     AgentPull,
     AgentRss,
     AgentSize,
@@ -199,6 +212,7 @@ impl Measure {
             Measure::Auth => "auth",
             Measure::Portal => "portal",
             Measure::ScaleOut => "scale-out",
+            Measure::Control => "control",
             Measure::AgentPull => "agent-pull",
             Measure::AgentRss => "agent-rss",
             Measure::AgentSize => "agent-size",
@@ -935,6 +949,53 @@ async fn bench(
                 scaleout::measure(&so, &regs[1], &sizes, runs, &mut report)
                     .await
                     .map_err(|e| e.context(format!("scale-out failed\n{}", so.log_tails(20))))?;
+            }
+            Measure::Control => {
+                let (n, commands) = if cli.quick { (20, 20) } else { (200, 200) };
+                progress::line(format!("control: {n} stand-in nodes, {commands} commands"));
+                let f = control::measure(binary, n, commands).await?;
+                report.rows.push(
+                    Row::new(
+                        "control",
+                        format!("server memory per idle node connection ({n} nodes)"),
+                        "KiB",
+                        Better::Lower,
+                        (f.per_node_bytes / 1024.0, f64::NAN),
+                        Target::None,
+                    )
+                    .without_ratio(),
+                );
+                report.rows.push(
+                    Row::new(
+                        "control",
+                        "command round trip (API POST to succeeded), median",
+                        "ms",
+                        Better::Lower,
+                        (median(&f.rtt_ms), f64::NAN),
+                        Target::None,
+                    )
+                    .without_ratio(),
+                );
+                report.rows.push(
+                    Row::new(
+                        "control",
+                        "command round trip, p99",
+                        "ms",
+                        Better::Lower,
+                        (report::percentile(&f.rtt_ms, 99.0), f64::NAN),
+                        Target::None,
+                    )
+                    .without_ratio(),
+                );
+                report.notes.push(format!(
+                    "control: server VmRSS {:.1} MiB with no node connected, {:.1} MiB with {} \
+                     idle stand-in nodes connected ({:.1} s to connect them all); round trips \
+                     include the 2 ms poll of the command",
+                    blobs::mib(f.rss_before),
+                    blobs::mib(f.rss_connected),
+                    f.nodes,
+                    f.connect_secs
+                ));
             }
             Measure::AgentPull | Measure::AgentRss => {
                 if agent_setup.is_none() {

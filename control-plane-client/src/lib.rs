@@ -333,3 +333,5 @@ async fn session<H: Handler>(
     beats.abort();
     ended
 }
+
+pub mod stand_in;

@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod containerd;
+pub mod forward;
 pub mod images;
 pub mod net;
 pub mod proxy;
@@ -29,6 +30,7 @@ pub mod tools;
 mod wait;
 
 pub use client::OciClient;
+pub use forward::TcpForwarder;
 pub use images::{
     Arch, Blob, Descriptor, Flavor, Image, ImageBuilder, Index, Layer, LayerBuilder, LayoutEntry,
     Platform, artifact_for, artifact_with_subject, busybox_image, busybox_image_with_cmd,

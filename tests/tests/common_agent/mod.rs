@@ -34,6 +34,11 @@ pub struct AgentOptions {
     pub log_json: bool,
     /// `pull.unpack` (`agent` or `containerd`; the agent's default when unset).
     pub unpack: Option<&'static str>,
+    /// `node.auth_url`; the server's node endpoint when unset (a
+    /// forwarder in front of it otherwise).
+    pub node_url: Option<String>,
+    /// `control.backoff_max_secs` (the agent's default when unset).
+    pub control_backoff_max_secs: Option<u64>,
 }
 
 /// The agent's configuration file for `node` against `srv` and `ctrd`.
@@ -61,6 +66,10 @@ pub fn agent_config_with(
         .unpack
         .map(|u| format!("unpack = \"{u}\"\n"))
         .unwrap_or_default();
+    let control = opts
+        .control_backoff_max_secs
+        .map(|s| format!("\n[control]\nbackoff_max_secs = {s}\n"))
+        .unwrap_or_default();
     let log = if opts.log_json {
         "\n[log]\nlevel = \"info\"\nformat = \"json\"\n"
     } else {
@@ -75,7 +84,7 @@ url = "{url}"
 namespace = "{ACME_NS}"
 
 [node]
-auth_url = "https://{node_addr}"
+auth_url = "{node_url}"
 cert_file = "{node_dir}/node.crt"
 key_file = "{node_dir}/node.key"
 ca_file = "{node_dir}/ca.crt"
@@ -91,10 +100,13 @@ max_parallel_layers = 3
 backoff_base_ms = 50
 backoff_max_ms = 500
 min_free_bytes = {min_free}
-{bandwidth}{attempts}{unpack}{log}"#,
+{bandwidth}{attempts}{unpack}{log}{control}"#,
         data = dir.join("agent-data").display(),
         url = opts.registry_url.clone().unwrap_or_else(|| srv.url()),
-        node_addr = srv.node_addr,
+        node_url = opts
+            .node_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", srv.node_addr)),
         node_dir = node.dir.display(),
         socket = ctrd.socket().display(),
         ns = ctrd.namespace(),

@@ -1,0 +1,79 @@
+//! A stand-in node for load tests and benchmarks (many nodes from one
+//! process): it speaks the protocol as an agent does (hello, heartbeats,
+//! acknowledgements, results, reports) but runs nothing: every command is
+//! acknowledged and answered at once with an empty success. It records the
+//! command ids it received, so a test can check that each node got exactly
+//! its own commands, each once.
+
+use std::sync::Mutex;
+
+use crate::proto::{self, agent_message, command, command_result, server_message};
+use crate::{Handler, Uplink};
+
+#[derive(Debug, Default)]
+pub struct StandIn {
+    received: Mutex<Vec<String>>,
+}
+
+impl StandIn {
+    /// The command ids received, in order (repeats included).
+    pub fn received(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Handler for StandIn {
+    async fn hello(&self) -> proto::Hello {
+        proto::Hello {
+            agent_version: "stand-in".into(),
+            platform: Some(proto::Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: String::new(),
+            }),
+            hostname: "stand-in".into(),
+            desired_generation: 0,
+        }
+    }
+
+    async fn connected(&self, _welcome: proto::Welcome, _up: Uplink) {}
+
+    async fn message(&self, msg: server_message::Body, up: Uplink) {
+        let server_message::Body::Command(c) = msg else {
+            return;
+        };
+        self.received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c.id.clone());
+        up.send(agent_message::Body::Ack(proto::CommandAck {
+            id: c.id.clone(),
+        }))
+        .await;
+        let output = match c.action {
+            Some(command::Action::ListImages(_)) => {
+                command_result::Output::Images(proto::ImageList::default())
+            }
+            Some(command::Action::ListContainers(_)) => {
+                command_result::Output::Containers(proto::ContainerList::default())
+            }
+            _ => command_result::Output::Removed(proto::Done {
+                message: "stand-in".into(),
+            }),
+        };
+        up.send(agent_message::Body::Result(proto::CommandResult {
+            id: c.id,
+            error: String::new(),
+            finished_at_ms: 0,
+            output: Some(output),
+        }))
+        .await;
+    }
+
+    async fn report(&self) -> Option<proto::NodeReport> {
+        Some(proto::NodeReport::default())
+    }
+}
