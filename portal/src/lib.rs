@@ -181,6 +181,8 @@ pub fn router(state: PortalState) -> Router {
         .route("/logout", post(pages::sign_out))
         .route("/repositories", get(pages::repositories))
         .route("/repositories/{*name}", get(pages::repository))
+        .route("/nodes", get(pages::nodes))
+        .route("/nodes/{id}", get(pages::node))
         .route("/assets/{file}", get(pages::asset))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(security_headers))

@@ -4,8 +4,8 @@
 //! commands it receives through `Session::receive`: listing and detail,
 //! a pull command from the API to the node and its progress and result
 //! back, every refusal (another account, a reader, no anti-CSRF token, an
-//! invalid action, a revoked node), the desired state and the operator's
-//! admin router.
+//! invalid action, a revoked node), the desired state, the operator's admin
+//! router, and the Nodes pages (escaping included).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -584,4 +584,135 @@ async fn without_a_control_plane_the_node_api_says_so() {
     )
     .await
     .assert_error(StatusCode::BAD_REQUEST, "UNSUPPORTED");
+}
+
+#[tokio::test]
+async fn the_node_pages_render_escape_and_hide_the_pull_form_from_readers() {
+    let f = fleet().await;
+    // Names an agent or a store could hold that must never become markup.
+    let hostile = Node {
+        id: "f00dfeed-0000-4000-8000-000000000001".into(),
+        account_id: f.edge1.account_id,
+        name: "<script>alert(1)</script>".into(),
+        cert_serial: "1".into(),
+        cert_fingerprint: "x".into(),
+        enrolled_at: 1,
+        revoked_at: None,
+    };
+    f.h.auth().store().insert_node(&hostile).await.unwrap();
+    let (mut s1, _r1) = connect(&f.plane, &f.edge1, NS, "edge-1.lan").await;
+    let (_s2, _r2) = connect(&f.plane, &hostile, NS, "<img src=x onerror=alert(2)>").await;
+    let alice = f.h.sign_in("alice").await;
+    let rita = f.h.sign_in("rita").await;
+    let ivan = f.h.sign_in("ivan").await;
+
+    let r =
+        f.h.call(&Who::Session(&alice), Method::GET, "/nodes", None)
+            .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = r.text();
+    assert!(t.contains("href=\"/nodes\""), "navigation link");
+    assert!(t.contains(">edge-1<") && t.contains(">edge-2<"), "{t}");
+    assert!(t.contains("online") && t.contains("offline"));
+    assert!(t.contains("0.9.0") && t.contains("linux/arm64") && t.contains("edge-1.lan"));
+    assert!(t.contains("never connected"));
+    assert!(
+        !t.contains("<script>alert") && !t.contains("<img src=x"),
+        "{t}"
+    );
+    assert!(t.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(t.contains("&lt;img src=x onerror=alert(2)&gt;"));
+    assert!(!t.contains("gx-1"), "another account's node");
+
+    let page = format!("/nodes/{}", f.edge1.id);
+    let r =
+        f.h.call(&Who::Session(&alice), Method::GET, &page, None)
+            .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let t = r.text();
+    for s in [
+        "edge-1",
+        "id=\"pull-form\"",
+        "id=\"pull-image\"",
+        "acme.example.io/web:1.2",
+        "running",
+        "service",
+        "5.0 MiB",
+        "missing",
+        "not created yet",
+        "No commands yet.",
+    ] {
+        assert!(t.contains(s), "{s} in {t}");
+    }
+    assert!(
+        !r.header("content-security-policy")
+            .contains("'unsafe-inline'")
+    );
+    assert!(!t.contains("<script>") && !t.contains("style=\""));
+
+    // A command shows in the recent list, with its error.
+    let c = f
+        .plane
+        .submit(
+            &f.edge1.id,
+            f.edge1.account_id,
+            proto::command::Action::Pull(proto::PullImage {
+                image: "nginx".into(),
+            }),
+            "alice",
+        )
+        .await
+        .unwrap();
+    send(
+        &mut s1,
+        agent_message::Body::Result(proto::CommandResult {
+            id: c.id.clone(),
+            error: "manifest unknown: <nginx>".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let t =
+        f.h.call(&Who::Session(&rita), Method::GET, &page, None)
+            .await
+            .text();
+    assert!(t.contains(&format!("data-command=\"{}\"", c.id)), "{t}");
+    assert!(t.contains("failed") && t.contains("manifest unknown: &lt;nginx&gt;"));
+    assert!(!t.contains("pull-form"), "readers get no Pull form");
+
+    let r =
+        f.h.call(
+            &Who::Session(&alice),
+            Method::GET,
+            &format!("/nodes/{}", hostile.id),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.text().contains("<script>alert"));
+    assert!(r.text().contains("<title>&lt;script&gt;"));
+
+    // Another account's node page: not found; an account without nodes:
+    // the empty state.
+    let r =
+        f.h.call(
+            &Who::Session(&alice),
+            Method::GET,
+            &format!("/nodes/{}", f.gx1.id),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let t =
+        f.h.call(&Who::Session(&ivan), Method::GET, "/nodes", None)
+            .await
+            .text();
+    assert!(
+        t.contains("No nodes yet") && t.contains("berth-server admin node enroll"),
+        "{t}"
+    );
+
+    // Signed out: to the sign-in page.
+    let r = f.h.call(&Who::Nobody, Method::GET, "/nodes", None).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
 }
