@@ -3,7 +3,8 @@
 //!
 //! - [`api`]: `/api/v1/…`, described by the OpenAPI document in
 //!   `openapi.json` (served at `/api/v1/openapi.json`).
-//! - [`pages`]: server-rendered HTML (sign-in, repositories, one repository)
+//! - [`pages`]: server-rendered HTML (sign-in, repositories, one repository,
+//!   nodes, one node)
 //!   with the embedded script and style sheet.
 //! - [`nodes`]: `/api/v1/nodes/…`, the account's enrolled nodes joined
 //!   with what the control plane knows of them (status, report, commands,

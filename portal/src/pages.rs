@@ -1,7 +1,8 @@
 //! The portal's pages, rendered on the server: sign-in, the Repositories
-//! list and one repository's tags. `assets/portal.js` adds selection, the
-//! delete dialogs, live filtering, copy buttons and the Docker Login button,
-//! all through the JSON API; the pages stay usable for reading without it.
+//! list and one repository's tags, the Nodes list and one node.
+//! `assets/portal.js` adds selection, the delete dialogs, live filtering,
+//! copy buttons, the Docker Login button and a node's live Pull, all
+//! through the JSON API; the pages stay usable for reading without it.
 //!
 //! Sign-in is protected against login CSRF by a double-submit token (a
 //! `SameSite=Strict` cookie that a cross-site form cannot send, echoed in

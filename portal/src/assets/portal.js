@@ -329,9 +329,16 @@
     }
   }
 
+  // Polls until the command is final; a node that stays offline keeps it
+  // queued, so the page says so and stops asking after 30 minutes.
   async function followCommand(node, id) {
+    const started = Date.now();
     for (;;) {
       await new Promise((resolve) => setTimeout(resolve, 500));
+      if (Date.now() - started > 30 * 60 * 1000) {
+        show($('pull-error'), 'Stopped following the command; reload the page to see where it is.');
+        return;
+      }
       let c;
       try {
         c = await api('GET', `/api/v1/nodes/${encodeURIComponent(node)}/commands/${encodeURIComponent(id)}`);
@@ -341,6 +348,9 @@
       }
       renderCommand(c);
       if (FINAL.includes(c.state)) return;
+      if (c.state === 'queued' && Date.now() - started > 10 * 1000 && !$('pull-message').textContent) {
+        $('pull-message').textContent = 'Waiting for the node to take the command (it may be offline).';
+      }
     }
   }
 
