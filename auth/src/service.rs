@@ -13,8 +13,8 @@ use sha2::Digest as _;
 use crate::ca::{self, NodeCa};
 use crate::error::{AuthError, Result};
 use crate::model::{
-    Account, AuditEvent, Credential, CredentialKind, Identity, Millis, Node, PrincipalKind, Role,
-    User, UserKind, validate_namespace, validate_username,
+    Account, AccountId, AuditEvent, Credential, CredentialKind, Identity, Millis, Node,
+    PrincipalKind, Role, User, UserKind, validate_namespace, validate_username,
 };
 use crate::ratelimit::FailureLimiter;
 use crate::scope::{self, ScopeRequest};
@@ -966,6 +966,11 @@ impl AuthService {
     pub async fn nodes(&self, account: &str) -> Result<Vec<Node>> {
         let account = self.account(account).await?;
         self.inner.store.list_nodes(account.id).await
+    }
+
+    /// The nodes enrolled into an account, by the account's id.
+    pub async fn nodes_of(&self, account_id: AccountId) -> Result<Vec<Node>> {
+        self.inner.store.list_nodes(account_id).await
     }
 
     /// Revokes a node: it gets no new token, and its tokens stop working.

@@ -375,7 +375,7 @@ async fn delete_tag(state: &PortalState, repo: &RepoName, tag: &Tag) -> Result<(
 
 /// Reads a JSON request body; scripts must say it is JSON, which also keeps
 /// cross-site HTML forms (which cannot) out.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, ApiError> {

@@ -78,6 +78,23 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may change nodes (commands, desired state): the
+    /// roles that may push.
+    pub fn can_operate(&self) -> bool {
+        self.role().is_none_or(|r| r.allows(Action::Push))
+    }
+
+    pub fn require_operate(&self) -> Result<(), ApiError> {
+        if self.can_operate() {
+            Ok(())
+        } else {
+            Err(ApiError::Denied(format!(
+                "role {} may not change nodes; ask an account admin or developer",
+                self.role().map(Role::as_str).unwrap_or("?")
+            )))
+        }
+    }
+
     /// Users (not robots) mint login credentials for themselves.
     pub fn is_user(&self) -> bool {
         self.identity
@@ -135,7 +152,7 @@ impl FromRequestParts<PortalState> for Caller {
         parts: &mut Parts,
         state: &PortalState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(auth) = &state.auth else {
+        let Some(auth) = state.auth.as_ref().filter(|_| !state.operator) else {
             return Ok(Caller {
                 identity: None,
                 csrf: None,

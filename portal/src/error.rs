@@ -4,6 +4,7 @@
 
 use auth::AuthError;
 use axum::response::{IntoResponse, Response};
+use control::ControlError;
 use http::{HeaderValue, StatusCode, header};
 use registry::RegistryError;
 use serde_json::json;
@@ -25,6 +26,12 @@ pub enum ApiError {
     NameUnknown(String),
     #[error("tag {0} not found")]
     TagUnknown(String),
+    /// No such node, or one of another account (indistinguishable).
+    #[error("node {0} not found")]
+    NodeUnknown(String),
+    /// No such command of that node.
+    #[error("command {0} not found")]
+    CommandUnknown(String),
     #[error("{0}")]
     NameInvalid(String),
     #[error("{0}")]
@@ -49,7 +56,10 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Denied(_) | ApiError::Csrf => StatusCode::FORBIDDEN,
-            ApiError::NameUnknown(_) | ApiError::TagUnknown(_) => StatusCode::NOT_FOUND,
+            ApiError::NameUnknown(_)
+            | ApiError::TagUnknown(_)
+            | ApiError::NodeUnknown(_)
+            | ApiError::CommandUnknown(_) => StatusCode::NOT_FOUND,
             ApiError::NameInvalid(_)
             | ApiError::TagInvalid(_)
             | ApiError::Confirmation { .. }
@@ -67,6 +77,8 @@ impl ApiError {
             ApiError::Csrf => "CSRF_TOKEN_INVALID",
             ApiError::NameUnknown(_) => "NAME_UNKNOWN",
             ApiError::TagUnknown(_) => "TAG_UNKNOWN",
+            ApiError::NodeUnknown(_) => "NODE_UNKNOWN",
+            ApiError::CommandUnknown(_) => "COMMAND_UNKNOWN",
             ApiError::NameInvalid(_) => "NAME_INVALID",
             ApiError::TagInvalid(_) => "TAG_INVALID",
             ApiError::Confirmation { .. } => "CONFIRMATION_MISMATCH",
@@ -113,6 +125,16 @@ impl From<AuthError> for ApiError {
             AuthError::RateLimited { retry_after_secs } => ApiError::RateLimited(retry_after_secs),
             AuthError::Forbidden(m) => ApiError::Denied(m),
             AuthError::Invalid(m) => ApiError::Invalid(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Invalid(m) => ApiError::Invalid(m),
+            ControlError::NotFound(m) => ApiError::NodeUnknown(m),
             other => ApiError::Internal(other.to_string()),
         }
     }

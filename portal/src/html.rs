@@ -123,7 +123,9 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, main: &str) -> String {
         "<img src=\"/assets/favicon.svg\" alt=\"\" width=\"22\" height=\"22\"> Berth</a>\n",
     );
     if let Some(v) = viewer {
-        out.push_str("<nav><a href=\"/repositories\">Repositories</a></nav>\n");
+        out.push_str(
+            "<nav><a href=\"/repositories\">Repositories</a> <a href=\"/nodes\" id=\"nav-nodes\">Nodes</a></nav>\n",
+        );
         let _ = writeln!(
             out,
             "<div class=\"who\"><span class=\"user\">{}</span> <span class=\"role\">{}</span>\

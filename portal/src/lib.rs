@@ -3,8 +3,13 @@
 //!
 //! - [`api`]: `/api/v1/…`, described by the OpenAPI document in
 //!   `openapi.json` (served at `/api/v1/openapi.json`).
-//! - [`pages`]: server-rendered HTML (sign-in, repositories, one repository)
+//! - [`pages`]: server-rendered HTML (sign-in, repositories, one repository,
+//!   nodes, one node)
 //!   with the embedded script and style sheet.
+//! - [`nodes`]: `/api/v1/nodes/…`, the account's enrolled nodes joined
+//!   with what the control plane knows of them (status, report, commands,
+//!   desired state); also served to the operator on the admin socket by
+//!   [`admin_router`].
 //! - [`caller`]: who is asking: a portal session (cookie, plus the anti-CSRF
 //!   token on every change) or Basic credentials (scripts).
 //! - [`html`]: escaping, formatting and the page frame.
@@ -17,6 +22,7 @@ pub mod api;
 pub mod caller;
 pub mod error;
 mod html;
+pub mod nodes;
 pub mod pages;
 
 use std::time::Duration;
@@ -27,6 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
+use control::ControlPlane;
 use http::{HeaderValue, header};
 use registry::Registry;
 
@@ -52,6 +59,12 @@ pub struct PortalState {
     /// Mark cookies `Secure` (the listener speaks TLS).
     pub secure_cookies: bool,
     pub session_ttl: Duration,
+    /// The control plane, for the node pages and API; `None`: they answer
+    /// that this server has none.
+    pub control: Option<ControlPlane>,
+    /// Set by [`admin_router`] only: every caller is the operator (the
+    /// admin socket's file permissions are the access control).
+    pub(crate) operator: bool,
 }
 
 impl std::fmt::Debug for PortalState {
@@ -60,6 +73,8 @@ impl std::fmt::Debug for PortalState {
             .field("accounts", &self.auth.is_some())
             .field("public_host", &self.public_host)
             .field("secure_cookies", &self.secure_cookies)
+            .field("control", &self.control.is_some())
+            .field("operator", &self.operator)
             .finish_non_exhaustive()
     }
 }
@@ -72,7 +87,14 @@ impl PortalState {
             public_host: None,
             secure_cookies: false,
             session_ttl: DEFAULT_SESSION_TTL,
+            control: None,
+            operator: false,
         }
+    }
+
+    pub fn with_control(mut self, control: Option<ControlPlane>) -> Self {
+        self.control = control;
+        self
     }
 
     /// Takes the pull host from a public URL such as
@@ -110,11 +132,34 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/repositories/{name}/-/tags/{tag}"),
     ("POST", "/api/v1/repositories/{name}/-/tags:delete"),
     ("POST", "/api/v1/credentials"),
+    ("GET", "/api/v1/nodes"),
+    ("GET", "/api/v1/nodes/{id}"),
+    ("GET", "/api/v1/nodes/{id}/commands"),
+    ("POST", "/api/v1/nodes/{id}/commands"),
+    ("GET", "/api/v1/nodes/{id}/commands/{cid}"),
+    ("GET", "/api/v1/nodes/{id}/desired"),
+    ("PUT", "/api/v1/nodes/{id}/desired"),
 ];
+
+/// The node API's routes, on the portal's router and the admin router.
+fn node_routes(router: Router<PortalState>) -> Router<PortalState> {
+    router
+        .route("/api/v1/nodes", get(nodes::list_nodes))
+        .route("/api/v1/nodes/{id}", get(nodes::get_node))
+        .route(
+            "/api/v1/nodes/{id}/commands",
+            get(nodes::list_commands).post(nodes::submit_command),
+        )
+        .route("/api/v1/nodes/{id}/commands/{cid}", get(nodes::get_command))
+        .route(
+            "/api/v1/nodes/{id}/desired",
+            get(nodes::get_desired).put(nodes::put_desired),
+        )
+}
 
 /// The portal's routes: the management API and the pages.
 pub fn router(state: PortalState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/repositories", get(api::list_repositories))
@@ -130,13 +175,28 @@ pub fn router(state: PortalState) -> Router {
                 .delete(api::delete_in_repository)
                 .post(api::post_in_repository),
         )
-        .route("/api/v1/credentials", post(api::mint_credential))
+        .route("/api/v1/credentials", post(api::mint_credential));
+    node_routes(router)
         .route("/", get(pages::home))
         .route("/login", get(pages::sign_in_form).post(pages::sign_in))
         .route("/logout", post(pages::sign_out))
         .route("/repositories", get(pages::repositories))
         .route("/repositories/{*name}", get(pages::repository))
+        .route("/nodes", get(pages::nodes))
+        .route("/nodes/{id}", get(pages::node))
         .route("/assets/{file}", get(pages::asset))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// The node API for berth-server's admin Unix socket: only the node routes
+/// of [`ROUTES`], every caller the operator (all accounts, no anti-CSRF
+/// token: the socket's file permissions are the access control). `GET
+/// /api/v1/nodes` there takes `?account=NAME`, else lists every account's.
+pub fn admin_router(mut state: PortalState) -> Router {
+    state.operator = true;
+    node_routes(Router::new())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(security_headers))
         .with_state(state)

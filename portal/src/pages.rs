@@ -1,7 +1,8 @@
 //! The portal's pages, rendered on the server: sign-in, the Repositories
-//! list and one repository's tags. `assets/portal.js` adds selection, the
-//! delete dialogs, live filtering, copy buttons and the Docker Login button,
-//! all through the JSON API; the pages stay usable for reading without it.
+//! list and one repository's tags, the Nodes list and one node.
+//! `assets/portal.js` adds selection, the delete dialogs, live filtering,
+//! copy buttons, the Docker Login button and a node's live Pull, all
+//! through the JSON API; the pages stay usable for reading without it.
 //!
 //! Sign-in is protected against login CSRF by a double-submit token (a
 //! `SameSite=Strict` cookie that a cross-site form cannot send, echoed in
@@ -22,6 +23,7 @@ use crate::caller::{Caller, SESSION_COOKIE, constant_time_eq, cookie, source};
 use crate::error::ApiError;
 use crate::html::{Viewer, esc, page};
 
+mod nodes;
 mod tables;
 
 /// Cookie holding the sign-in form's anti-CSRF token.
@@ -364,6 +366,62 @@ pub async fn repository(
     html(
         StatusCode::OK,
         page(repo.as_str(), Some(&viewer(&s)), &main),
+    )
+}
+
+/// `GET /nodes`: the account's nodes.
+pub async fn nodes(State(state): State<PortalState>, headers: HeaderMap) -> Response {
+    if state.auth.is_none() {
+        return accounts_disabled();
+    }
+    let Some(s) = session(&state, &headers).await else {
+        return redirect("/login");
+    };
+    let list = match crate::nodes::node_list(&state, &caller_of(&s), None).await {
+        Ok(l) => l,
+        Err(e) => return api_error_page(&s, e),
+    };
+    let main = nodes::nodes_main(&list);
+    html(StatusCode::OK, page("Nodes", Some(&viewer(&s)), &main))
+}
+
+/// `GET /nodes/{id}`: one node's status, containers, images, drift and
+/// commands, with the Pull form for those who may send commands.
+pub async fn node(
+    State(state): State<PortalState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if state.auth.is_none() {
+        return accounts_disabled();
+    }
+    let Some(s) = session(&state, &headers).await else {
+        return redirect("/login");
+    };
+    let caller = caller_of(&s);
+    let view = match crate::nodes::visible_node(&state, &caller, &id).await {
+        Ok(v) => v,
+        Err(e) => return api_error_page(&s, e),
+    };
+    let commands = match crate::nodes::plane(&state) {
+        Ok(plane) => plane
+            .commands(&view.node.id, crate::nodes::DEFAULT_COMMANDS)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let commands = match commands {
+        Ok(c) => c,
+        Err(e) => return api_error_page(&s, e),
+    };
+    let main = nodes::node_main(&nodes::NodeViewPage {
+        node: &view,
+        commands: &commands,
+        can_operate: caller.can_operate(),
+    });
+    html(
+        StatusCode::OK,
+        page(&view.node.name, Some(&viewer(&s)), &main),
     )
 }
 

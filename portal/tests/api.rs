@@ -93,7 +93,9 @@ async fn openapi_document_is_complete_and_every_route_is_in_it() {
         // than "no such route" or "wrong method".
         let uri = path
             .replace("{name}", "acme.example.io/app")
-            .replace("{tag}", "v1");
+            .replace("{tag}", "v1")
+            .replace("{id}", "some-node")
+            .replace("{cid}", "some-command");
         let r = h
             .send(Request::builder().method(method.as_str()).uri(&uri))
             .await;

@@ -283,5 +283,100 @@
     });
   }
 
+  // --- a node's Pull form: the command, then its progress every 500 ms ---------------------
+
+  const pullForm = $('pull-form');
+  const FINAL = ['succeeded', 'failed', 'expired'];
+
+  function shortDigest(d) {
+    const [alg, hex] = String(d || '').split(':');
+    return hex ? `${alg}:${hex.slice(0, 12)}` : String(d || '');
+  }
+
+  function renderCommand(c) {
+    $('pull-command').textContent = c.id;
+    const state = $('pull-state');
+    state.textContent = c.state;
+    state.className = `badge state-${c.state}`;
+    const progress = c.progress || {};
+    $('pull-message').textContent = progress.message || '';
+    const blobs = $('pull-blobs');
+    blobs.replaceChildren();
+    (progress.blobs || []).forEach((b) => {
+      const row = document.createElement('div');
+      row.className = 'blob';
+      const label = document.createElement('code');
+      label.textContent = shortDigest(b.digest);
+      const bar = document.createElement('progress');
+      bar.max = b.total > 0 ? b.total : 1;
+      bar.value = b.total > 0 ? Math.min(b.done, b.total) : (b.state === 'done' || b.state === 'exists' ? 1 : 0);
+      const note = document.createElement('span');
+      note.className = 'muted small';
+      note.textContent = `${b.state || ''} ${b.done || 0}/${b.total || '?'} bytes`;
+      row.append(label, bar, note);
+      blobs.append(row);
+    });
+    const result = c.result;
+    if (FINAL.includes(c.state)) {
+      if (result && result.error) {
+        show($('pull-error'), result.error);
+      } else if (c.state === 'expired') {
+        show($('pull-error'), 'The node did not take the command before it expired.');
+      } else if (result && result.output && result.output.pulled) {
+        const pulled = result.output.pulled;
+        $('pull-message').textContent = `Pulled ${pulled.image} (${pulled.digest})`;
+      }
+    }
+  }
+
+  // Polls until the command is final; a node that stays offline keeps it
+  // queued, so the page says so and stops asking after 30 minutes.
+  async function followCommand(node, id) {
+    const started = Date.now();
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      if (Date.now() - started > 30 * 60 * 1000) {
+        show($('pull-error'), 'Stopped following the command; reload the page to see where it is.');
+        return;
+      }
+      let c;
+      try {
+        c = await api('GET', `/api/v1/nodes/${encodeURIComponent(node)}/commands/${encodeURIComponent(id)}`);
+      } catch (e) {
+        show($('pull-error'), e.message);
+        return;
+      }
+      renderCommand(c);
+      if (FINAL.includes(c.state)) return;
+      if (c.state === 'queued' && Date.now() - started > 10 * 1000 && !$('pull-message').textContent) {
+        $('pull-message').textContent = 'Waiting for the node to take the command (it may be offline).';
+      }
+    }
+  }
+
+  if (pullForm) {
+    pullForm.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      const image = $('pull-image').value.trim();
+      if (!image) return;
+      const node = page.dataset.node;
+      const button = $('pull-button');
+      button.disabled = true;
+      $('pull-error').hidden = true;
+      try {
+        const c = await api('POST', `/api/v1/nodes/${encodeURIComponent(node)}/commands`, {
+          action: { pull: { image } },
+        });
+        $('pull-status').hidden = false;
+        renderCommand(c);
+        await followCommand(node, c.id);
+      } catch (e) {
+        show($('pull-error'), e.message);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
   updateSelection();
 })();

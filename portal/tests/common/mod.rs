@@ -124,18 +124,23 @@ impl Harness {
     }
 
     pub async fn send_body(&self, req: http::request::Builder, body: Body) -> Resp {
-        let mut req = req.body(body).unwrap();
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-        let resp = self.app.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp {
-            status,
-            headers,
-            body,
-        }
+        send_to(&self.app.router, req, body).await
+    }
+}
+
+/// Sends a request through `router` as from 127.0.0.1.
+pub async fn send_to(router: &axum::Router, req: http::request::Builder, body: Body) -> Resp {
+    let mut req = req.body(body).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -239,6 +244,26 @@ impl Harness {
             None => Body::empty(),
         };
         self.send_body(req, body).await
+    }
+
+    /// [`Harness::call`] through another router (the admin router, say).
+    pub async fn call_on(
+        &self,
+        router: &axum::Router,
+        who: &Who<'_>,
+        method: Method,
+        uri: &str,
+        json: Option<Value>,
+    ) -> Resp {
+        let mut req = who.apply(Request::builder().method(method).uri(uri));
+        let body = match json {
+            Some(v) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        send_to(router, req, body).await
     }
 }
 
