@@ -127,6 +127,14 @@ struct Desired {
     error: Option<String>,
 }
 
+/// A pull's progress as the callback leaves it: the latest of each blob,
+/// the blobs changed since the last message, the last stage message.
+type ProgressTable = (
+    BTreeMap<String, proto::BlobProgress>,
+    HashSet<String>,
+    String,
+);
+
 /// The agent's [`Handler`].
 #[derive(Debug)]
 pub struct Remote {
@@ -305,13 +313,7 @@ impl Remote {
         let puller = Puller::new(&self.cfg).await.map_err(|e| e.to_string())?;
         // The callback is synchronous and frequent: it updates a table;
         // a task sends what changed twice a second.
-        let table: Arc<
-            Mutex<(
-                BTreeMap<String, proto::BlobProgress>,
-                HashSet<String>,
-                String,
-            )>,
-        > = Arc::default();
+        let table: Arc<Mutex<ProgressTable>> = Arc::default();
         let progress: crate::pull::ProgressFn = {
             let table = table.clone();
             Arc::new(move |p: Progress| {
@@ -364,13 +366,13 @@ impl Remote {
                             .filter_map(|d| blobs.get(&d).cloned())
                             .collect();
                         let message = std::mem::take(message);
-                        (!changed.is_empty() || !message.is_empty()).then(|| {
+                        (!changed.is_empty() || !message.is_empty()).then_some(
                             proto::CommandProgress {
                                 id,
                                 blobs: changed,
                                 message,
-                            }
-                        })
+                            },
+                        )
                     };
                     if let Some(m) = msg {
                         up.send(agent_message::Body::Progress(m)).await;

@@ -165,16 +165,19 @@ impl App {
         };
         let portal = portal::PortalState::new(registry.clone(), auth.clone())
             .with_public_url(cfg.auth.public_url.as_deref())
-            .with_secure_cookies(cfg.tls_enabled());
+            .with_secure_cookies(cfg.tls_enabled())
+            .with_control(control.clone());
         Ok(App {
             router: http::router(
                 state,
                 tokens.clone(),
-                portal::router(portal),
+                portal::router(portal.clone()),
                 cfg.limits.max_concurrent_requests,
             ),
             node_router: tokens.map(|t| http::node_router(t, metrics.clone(), control_router)),
-            admin_router: http::admin_router(admin_state),
+            // The node API in operator mode (every account) beside GC.
+            admin_router: http::admin_router(admin_state)
+                .merge(portal::admin_router(portal.clone())),
             registry,
             auth,
             control,

@@ -140,7 +140,7 @@ pub(crate) fn plan_update(
     let keep_progress = current
         .progress
         .as_ref()
-        .map(|p| serde_json::to_string(p))
+        .map(serde_json::to_string)
         .transpose()
         .map_err(|e| crate::error::ControlError::Storage(e.to_string()))?;
     Ok(match update {
