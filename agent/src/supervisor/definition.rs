@@ -256,9 +256,13 @@ impl DefinitionStore {
     /// was none.
     pub fn remove(&self, name: &str) -> Result<bool> {
         validate_name(name)?;
-        let _ = remove_file(&self.path(name, START_EXT))?;
+        let start = remove_file(&self.path(name, START_EXT))?;
         let removed = remove_file(&self.path(name, DEF_EXT))?;
-        sync_dir(&self.dir)?;
+        // Nothing removed, nothing to sync (the directory may not exist:
+        // nothing was ever defined on this box).
+        if start || removed {
+            sync_dir(&self.dir)?;
+        }
         Ok(removed)
     }
 
