@@ -1,7 +1,8 @@
 //! A stand-in node for load tests and benchmarks (many nodes from one
 //! process): it speaks the protocol as an agent does (hello, heartbeats,
 //! acknowledgements, results, reports) but runs nothing: every command is
-//! acknowledged and answered at once with an empty success. It records the
+//! acknowledged and answered at once with an empty success (a pull sends
+//! one progress message first). It records the
 //! command ids it received, so a test can check that each node got exactly
 //! its own commands, each once.
 
@@ -53,7 +54,29 @@ impl Handler for StandIn {
             id: c.id.clone(),
         }))
         .await;
+        if let Some(command::Action::Pull(p)) = &c.action {
+            // One progress message, as a pull would send, then the result.
+            let blob = proto::BlobProgress {
+                digest: "sha256:stand-in".into(),
+                done: 1,
+                total: 1,
+                state: "done".into(),
+            };
+            up.send(agent_message::Body::Progress(proto::CommandProgress {
+                id: c.id.clone(),
+                blobs: vec![blob],
+                message: format!("stand-in pulling {}", p.image),
+            }))
+            .await;
+        }
         let output = match c.action {
+            Some(command::Action::Pull(p)) => command_result::Output::Pulled(proto::Pulled {
+                image: p.image,
+                digest: "sha256:stand-in".into(),
+                platform: "linux/amd64".into(),
+                layers: 1,
+                downloaded: 1,
+            }),
             Some(command::Action::ListImages(_)) => {
                 command_result::Output::Images(proto::ImageList::default())
             }

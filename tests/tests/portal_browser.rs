@@ -167,8 +167,14 @@ async fn portal_in_chromium_lists_logs_in_and_deletes() {
     require_tool("chromium");
     require_tool("chromedriver");
     require_tool("docker");
+    let files = tempfile::tempdir().unwrap();
+    let node_addr_file = files.path().join("node-addr");
     let server = BerthServer::builder()
         .env("BERTH_AUTH__ENABLED", "true")
+        .env("BERTH_NODES__LISTEN", "127.0.0.1:0")
+        .env("BERTH_NODES__HEARTBEAT_SECS", "1")
+        .arg("--node-addr-file")
+        .arg(&node_addr_file)
         .start();
     let host = server.host();
     admin(
@@ -407,6 +413,82 @@ async fn portal_in_chromium_lists_logs_in_and_deletes() {
         ])
         .unwrap_err();
     assert!(format!("{err:#}").contains("manifest unknown"), "{err:#}");
+
+    // Nodes: an enrolled node connected (a stand-in agent: the real client
+    // library, no containerd) shows online; its page pulls with live
+    // progress and shows the result.
+    let node_dir = files.path().join("node");
+    let enrolled: Value = serde_json::from_str(&admin(
+        &server,
+        &[
+            "--json",
+            "node",
+            "enroll",
+            "edge-1",
+            "--account",
+            "acme",
+            "--out",
+            node_dir.to_str().unwrap(),
+        ],
+        None,
+    ))
+    .unwrap();
+    let node_id = enrolled["node"]["id"].as_str().unwrap().to_owned();
+    let read = |f: &str| std::fs::read_to_string(node_dir.join(f)).unwrap();
+    let node_addr = std::fs::read_to_string(&node_addr_file).unwrap();
+    let cfg = control_plane_client::ClientConfig::new(
+        format!("https://{}", node_addr.trim()),
+        read("ca.crt"),
+        read("node.crt"),
+        read("node.key"),
+    );
+    let stand_in = std::sync::Arc::new(control_plane_client::stand_in::StandIn::default());
+    let (state_tx, mut state) = tokio::sync::watch::channel(Default::default());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(control_plane_client::run(
+        cfg,
+        stand_in.clone(),
+        control_plane_client::Uplink::default(),
+        state_tx,
+        stop,
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s: &control_plane_client::LinkState| s.connected),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    c.goto(&format!("{base}/nodes")).await.unwrap();
+    let row = css(&c, &format!("tr[data-node='{node_id}']")).await;
+    let row_text = row.text().await.unwrap();
+    assert!(row_text.contains("edge-1"), "{row_text}");
+    assert!(row_text.contains("online"), "{row_text}");
+    screenshot(&c, "10-nodes").await;
+    css(&c, &format!("a[href='/nodes/{node_id}']"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(&c, "#pull-image")
+        .await
+        .send_keys("busybox:1.36")
+        .await
+        .unwrap();
+    css(&c, "#pull-button").await.click().await.unwrap();
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = text(&c, "#pull-message").await;
+        if shown.starts_with("Pulled") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(shown.contains("Pulled busybox:1.36"), "{shown}");
+    assert_eq!(text(&c, "#pull-state").await, "succeeded");
+    screenshot(&c, "11-node-pull").await;
+    assert_eq!(stand_in.received().len(), 1, "one pull reached the node");
+    let _ = stop_tx.send(true);
 
     // Sign out: back to the sign-in page, and the pages need a new sign-in.
     css(&c, "#sign-out").await.click().await.unwrap();
