@@ -9,7 +9,10 @@
 //! - GC passes on one replica while the other pushes lose nothing tagged;
 //! - a replica killed in the middle of a `PATCH`: the client resumes the
 //!   upload on the other replica from the acknowledged offset, nothing
-//!   half-written is ever visible, and the blob is whole.
+//!   half-written is ever visible, and the blob is whole;
+//! - a command sent through one replica reaches a node connected to the
+//!   other (through the shared control store), and its result is read
+//!   back through the first.
 
 #![allow(clippy::unwrap_used)]
 
@@ -402,4 +405,159 @@ async fn a_replica_killed_mid_patch_the_upload_resumes_on_the_other() {
             .unwrap(),
         blob
     );
+}
+
+/// A node's control-plane stream is held by one replica; operators talk to
+/// the other. The command goes through the shared PostgreSQL store to the
+/// replica holding the stream, the result comes back the same way; then
+/// the node moves to the other replica and it works the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_reaches_a_node_connected_to_the_other_replica() {
+    use control_plane_client::stand_in::StandIn;
+    use control_plane_client::{ClientConfig, LinkState, Uplink};
+    use std::sync::Arc;
+
+    let pg = test_support::Postgres::shared();
+    let s3 = test_support::Garage::shared().create_bucket();
+    let files = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        ("BERTH_AUTH__ENABLED".into(), "true".into()),
+        ("BERTH_NODES__LISTEN".into(), "127.0.0.1:0".into()),
+        ("BERTH_NODES__POLL_MS".into(), "100".into()),
+    ];
+    env.extend(pg.server_env(&pg.create_database()));
+    env.extend(s3.server_env());
+    let servers: Vec<BerthServer> = (0..2)
+        .map(|i| {
+            let mut b = BerthServer::builder()
+                .postgres_metadata(false)
+                .arg("--node-addr-file")
+                .arg(files.path().join(format!("node-addr-{i}")));
+            for (k, v) in &env {
+                b = b.env(k, v);
+            }
+            b.start()
+        })
+        .collect();
+    let node_url = |i: usize| {
+        let addr = std::fs::read_to_string(files.path().join(format!("node-addr-{i}"))).unwrap();
+        format!("https://{}", addr.trim())
+    };
+    let admin = |args: &[&str]| -> Value {
+        let out = std::process::Command::new(workspace_bin("berth-server"))
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(servers[0].data_dir())
+            .arg("--json")
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    admin(&["account", "create", "acme", "--namespace", NS]);
+    admin(&[
+        "user",
+        "create",
+        "dev",
+        "--account",
+        "acme",
+        "--role",
+        "developer",
+    ]);
+    let secret = admin(&["credential", "mint", "dev"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let node_dir = files.path().join("node");
+    let node = admin(&[
+        "node",
+        "enroll",
+        "edge",
+        "--account",
+        "acme",
+        "--out",
+        node_dir.to_str().unwrap(),
+    ]);
+    let node_id = node["node"]["id"].as_str().unwrap().to_owned();
+    let read = |f: &str| std::fs::read_to_string(node_dir.join(f)).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    for (holder, operator) in [(0usize, 1usize), (1, 0)] {
+        let stand_in = Arc::new(StandIn::default());
+        let (state_tx, mut state) = tokio::sync::watch::channel(LinkState::default());
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(control_plane_client::run(
+            ClientConfig::new(
+                node_url(holder),
+                read("ca.crt"),
+                read("node.crt"),
+                read("node.key"),
+            ),
+            stand_in.clone(),
+            Uplink::default(),
+            state_tx,
+            stop,
+        ));
+        tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.connected))
+            .await
+            .unwrap()
+            .unwrap();
+        let api = servers[operator].url();
+        let listed: Value = http
+            .get(format!("{api}/api/v1/nodes"))
+            .basic_auth("dev", Some(&secret))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed["nodes"][0]["online"], true, "{listed}");
+        let resp = http
+            .post(format!("{api}/api/v1/nodes/{node_id}/commands"))
+            .basic_auth("dev", Some(&secret))
+            .json(&serde_json::json!({"action": {"pull": {"image": "box:v1"}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let id = resp.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let start = std::time::Instant::now();
+        let done = loop {
+            let c: Value = http
+                .get(format!("{api}/api/v1/nodes/{node_id}/commands/{id}"))
+                .basic_auth("dev", Some(&secret))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if c["state"] == "succeeded" {
+                break c;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the command never finished through replica {operator}: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            done["result"]["output"]["pulled"]["image"], "box:v1",
+            "{done}"
+        );
+        assert_eq!(done["progress"]["blobs"][0]["state"], "done", "{done}");
+        assert_eq!(stand_in.received(), vec![id], "the node got it once");
+        let _ = stop_tx.send(true);
+        task.await.unwrap();
+    }
 }
