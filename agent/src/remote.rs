@@ -822,26 +822,18 @@ fn run_request(spec: &proto::ContainerSpec) -> Result<RunRequest, RuntimeError> 
 /// defaults as `berth-agent define`).
 fn definition(spec: &proto::ContainerSpec) -> Result<Definition, String> {
     let exec_type: ExecType = spec.exec_type.parse()?;
-    let defaults = BackoffSettings::default();
+    // Zero (protobuf's "unset") means the default, as an absent flag does.
+    fn or<T: PartialEq + Default>(v: T, default: T) -> T {
+        if v == T::default() { default } else { v }
+    }
+    let d = BackoffSettings::default();
     let backoff = match &spec.backoff {
         Some(b) => BackoffSettings {
-            initial_ms: if b.initial_ms == 0 {
-                defaults.initial_ms
-            } else {
-                b.initial_ms
-            },
-            max_ms: if b.max_ms == 0 {
-                defaults.max_ms
-            } else {
-                b.max_ms
-            },
-            reset_after_secs: if b.reset_after_secs == 0 {
-                defaults.reset_after_secs
-            } else {
-                b.reset_after_secs
-            },
+            initial_ms: or(b.initial_ms, d.initial_ms),
+            max_ms: or(b.max_ms, d.max_ms),
+            reset_after_secs: or(b.reset_after_secs, d.reset_after_secs),
         },
-        None => defaults,
+        None => d,
     };
     let health = spec
         .health
@@ -851,17 +843,9 @@ fn definition(spec: &proto::ContainerSpec) -> Result<Definition, String> {
             let d = HealthCheck::default();
             HealthCheck {
                 cmd: vec!["/bin/sh".into(), "-c".into(), h.shell.clone()],
-                interval_ms: if h.interval_ms == 0 {
-                    d.interval_ms
-                } else {
-                    h.interval_ms
-                },
-                timeout_ms: if h.timeout_ms == 0 {
-                    d.timeout_ms
-                } else {
-                    h.timeout_ms
-                },
-                retries: if h.retries == 0 { d.retries } else { h.retries },
+                interval_ms: or(h.interval_ms, d.interval_ms),
+                timeout_ms: or(h.timeout_ms, d.timeout_ms),
+                retries: or(h.retries, d.retries),
                 start_period_ms: h.start_period_ms,
             }
         });

@@ -14,11 +14,10 @@
 //! part of it).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use control_plane_client::{ClientConfig, LinkState, Uplink, stand_in::StandIn};
+use control_plane_client::{ClientConfig, stand_in};
 use serde_json::{Value, json};
 use test_support::BerthServer;
 use tokio::sync::watch;
@@ -49,22 +48,6 @@ fn env() -> Vec<(&'static str, &'static str)> {
 struct Node {
     id: String,
     cfg: ClientConfig,
-}
-
-async fn connect(
-    node: &Node,
-    stop: watch::Receiver<bool>,
-) -> (Arc<StandIn>, watch::Receiver<LinkState>) {
-    let handler = Arc::new(StandIn::default());
-    let (tx, rx) = watch::channel(LinkState::default());
-    tokio::spawn(control_plane_client::run(
-        node.cfg.clone(),
-        handler.clone(),
-        Uplink::default(),
-        tx,
-        stop,
-    ));
-    (handler, rx)
 }
 
 pub async fn measure(binary: &Path, n: usize, commands: usize) -> anyhow::Result<Figures> {
@@ -146,8 +129,10 @@ pub async fn measure(binary: &Path, n: usize, commands: usize) -> anyhow::Result
     // and HTTP/2 machinery, store statements) is not per-node memory.
     {
         let (warm_stop_tx, warm_stop) = watch::channel(false);
-        let (_h, mut state) = connect(&warm, warm_stop).await;
-        state.wait_for(|s| s.connected).await?;
+        let mut node = stand_in::spawn(warm.cfg.clone(), warm_stop);
+        node.connected(Duration::from_secs(60))
+            .await
+            .map_err(anyhow::Error::msg)?;
         let _ = warm_stop_tx.send(true);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -155,14 +140,15 @@ pub async fn measure(binary: &Path, n: usize, commands: usize) -> anyhow::Result
     let rss_before = system::proc_status_bytes(pid, "VmRSS")?;
 
     let started = Instant::now();
-    let mut links = Vec::with_capacity(n);
-    for node in &nodes {
-        links.push(connect(node, stop_rx.clone()).await);
-    }
-    for (_, state) in &mut links {
-        tokio::time::timeout(Duration::from_secs(60), state.wait_for(|s| s.connected))
+    let mut links: Vec<_> = nodes
+        .iter()
+        .map(|node| stand_in::spawn(node.cfg.clone(), stop_rx.clone()))
+        .collect();
+    for link in &mut links {
+        link.connected(Duration::from_secs(60))
             .await
-            .context("a stand-in node did not connect within 60 s")??;
+            .map_err(anyhow::Error::msg)
+            .context("a stand-in node")?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
     progress::line(format!(

@@ -100,3 +100,47 @@ impl Handler for StandIn {
         Some(proto::NodeReport::default())
     }
 }
+
+/// A stand-in node running on the current runtime: its handler, its link
+/// state, the connection task.
+#[derive(Debug)]
+pub struct StandInNode {
+    pub handler: std::sync::Arc<StandIn>,
+    pub state: tokio::sync::watch::Receiver<crate::LinkState>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl StandInNode {
+    /// Waits until the node is connected; `false` after `timeout`.
+    pub async fn connected(&mut self, timeout: std::time::Duration) -> Result<(), String> {
+        let waited = tokio::time::timeout(timeout, self.state.wait_for(|s| s.connected))
+            .await
+            .map(|r| r.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the connection task ended".into()),
+            Err(_) => Err(format!(
+                "not connected within {timeout:?}: {:?}",
+                self.state.borrow().last_error
+            )),
+        }
+    }
+}
+
+/// Connects a stand-in node with `cfg` until `stop` turns true.
+pub fn spawn(cfg: crate::ClientConfig, stop: tokio::sync::watch::Receiver<bool>) -> StandInNode {
+    let handler = std::sync::Arc::new(StandIn::default());
+    let (tx, state) = tokio::sync::watch::channel(crate::LinkState::default());
+    let task = tokio::spawn(crate::run(
+        cfg,
+        handler.clone(),
+        Uplink::default(),
+        tx,
+        stop,
+    ));
+    StandInNode {
+        handler,
+        state,
+        task,
+    }
+}

@@ -573,17 +573,11 @@ async fn the_operator_admin_router_sees_every_account() {
 
 #[tokio::test]
 async fn without_a_control_plane_the_node_api_says_so() {
-    let h = Harness::new(true).await;
-    h.user("acme", NS, "alice", Role::Admin).await;
-    let cred = h.credential("alice").await;
-    h.call(
-        &Who::Basic("alice", &cred),
-        Method::GET,
-        "/api/v1/nodes",
-        None,
-    )
-    .await
-    .assert_error(StatusCode::BAD_REQUEST, "UNSUPPORTED");
+    // Accounts off: no node CA, no node endpoint, so no control plane.
+    let h = Harness::new(false).await;
+    h.call(&Who::Nobody, Method::GET, "/api/v1/nodes", None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "UNSUPPORTED");
 }
 
 #[tokio::test]

@@ -13,20 +13,17 @@
 mod common_agent;
 mod common_auth;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common_agent::{
-    AgentOptions, agent, agent_config_with, agent_ok, busybox_layer, cgroup_dir, ps_entry,
+    AgentOptions, Daemon, agent, agent_config_with, agent_ok, busybox_layer, cgroup_dir, ps_entry,
     read_trimmed,
 };
 use common_auth::{ACME, ACME_NS, AuthServer};
 use serde_json::Value;
 use test_support::images::LayerBuilder;
-use test_support::{Arch, Image, ImageBuilder, workspace_bin};
+use test_support::{Arch, Image, ImageBuilder};
 use tests::Containerd;
 
 fn busybox_image() -> Image {
@@ -56,97 +53,6 @@ fn wait_for(config: &Path, name: &str, what: &str, pred: impl Fn(&Value) -> bool
 
 fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
-}
-
-/// A running `berth-agent daemon` and its metrics address.
-struct Daemon {
-    child: Child,
-    metrics: SocketAddr,
-}
-
-impl Daemon {
-    /// Starts the daemon and reads its metrics address from its JSON log.
-    fn start(config: &Path, log: &Path) -> Daemon {
-        let mut child = Command::new(workspace_bin("berth-agent"))
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = log.to_owned();
-        // The rest of the log goes to a file, for a failing test to show.
-        std::thread::spawn(move || {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                use std::io::Write;
-                let _ = writeln!(file, "{line}");
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["fields"]["message"] == "berth-agent daemon running"
-                    && let Some(addr) = v["fields"]["addr"].as_str()
-                {
-                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let metrics = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the daemon did not report its metrics address");
-        Daemon { child, metrics }
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// SIGTERM and a clean exit.
-    fn stop(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "daemon exited with {status}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGKILL: a crash.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sample(text: &str, series: &str) -> Option<f64> {

@@ -11,64 +11,14 @@
 mod common_agent;
 mod common_auth;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common_agent::{AgentOptions, agent_config_with, busybox_layer, listed_digest};
+use common_agent::{AgentOptions, Daemon, agent_config_with, busybox_layer, listed_digest};
 use common_auth::{ACME, ACME_NS, AuthServer, GLOBEX};
 use serde_json::Value;
-use test_support::{Arch, ImageBuilder, LayoutEntry, Skopeo, workspace_bin, write_oci_layout};
+use test_support::{Arch, ImageBuilder, LayoutEntry, Skopeo, write_oci_layout};
 use tests::Containerd;
-
-/// A running `berth-agent daemon`; its log goes to a file.
-struct Daemon {
-    child: Child,
-}
-
-impl Daemon {
-    fn start(config: &Path, log: &Path) -> Daemon {
-        let mut child = Command::new(workspace_bin("berth-agent"))
-            .arg("--config")
-            .arg(config)
-            .arg("daemon")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = log.to_owned();
-        std::thread::spawn(move || {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                use std::io::Write;
-                let _ = writeln!(file, "{line}");
-            }
-        });
-        Daemon { child }
-    }
-
-    /// SIGKILL: the agent dies (its containers do not).
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `berth-server admin --json nodes ARGS…`, which must succeed.
 fn nodes(srv: &AuthServer, args: &[&str]) -> Value {
@@ -535,9 +485,8 @@ fn a_killed_server_leaves_containers_running_and_the_agent_reports_back() {
 /// management API, answers it, and receives nothing meant for another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_nodes_with_heartbeats_and_commands() {
-    use control_plane_client::stand_in::StandIn;
-    use control_plane_client::{ClientConfig, LinkState, Uplink};
-    use std::sync::Arc;
+    use control_plane_client::ClientConfig;
+    use control_plane_client::stand_in::{self, StandInNode};
 
     const NODES: usize = 200;
     let srv = AuthServer::start_with(&[
@@ -551,70 +500,51 @@ async fn two_hundred_nodes_with_heartbeats_and_commands() {
             .collect()
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut sims = Vec::new();
-    for n in &enrolled {
-        let cfg = ClientConfig::new(
-            format!("https://{}", srv.node_addr),
-            n.ca_pem.clone(),
-            n.cert_pem.clone(),
-            n.key_pem.clone().unwrap(),
-        );
-        let handler = Arc::new(StandIn::default());
-        let (tx, rx) = tokio::sync::watch::channel(LinkState::default());
-        tokio::spawn(control_plane_client::run(
-            cfg,
-            handler.clone(),
-            Uplink::default(),
-            tx,
-            stop_rx.clone(),
-        ));
-        sims.push((handler, rx));
-    }
-    for (_, state) in &mut sims {
-        tokio::time::timeout(Duration::from_secs(60), state.wait_for(|s| s.connected))
+    let mut sims: Vec<StandInNode> = enrolled
+        .iter()
+        .map(|n| {
+            let cfg = ClientConfig::new(
+                format!("https://{}", srv.node_addr),
+                n.ca_pem.clone(),
+                n.cert_pem.clone(),
+                n.key_pem.clone().unwrap(),
+            );
+            stand_in::spawn(cfg, stop_rx.clone())
+        })
+        .collect();
+    for s in &mut sims {
+        s.connected(Duration::from_secs(60))
             .await
-            .expect("every node connects within 60 s")
-            .unwrap();
+            .expect("every node connects within 60 s");
     }
     let api = |path: &str| format!("{}/api/v1/{path}", srv.url());
     let dev = &t.acme_dev;
-    let list: Value = srv
-        .http
-        .get(api("nodes"))
-        .basic_auth(&dev.username, Some(&dev.secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let online = list["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["online"] == true)
-        .count();
-    assert_eq!(online, NODES, "{list}");
-
+    let online = || async {
+        let list: Value = srv
+            .http
+            .get(api("nodes"))
+            .basic_auth(&dev.username, Some(&dev.secret))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["online"] == true)
+            .count()
+    };
+    assert_eq!(online().await, NODES);
     // Heartbeats keep them online past the offline threshold.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let list: Value = srv
-        .http
-        .get(api("nodes"))
-        .basic_auth(&dev.username, Some(&dev.secret))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let online = list["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["online"] == true)
-        .count();
-    assert_eq!(online, NODES, "heartbeats did not keep every node online");
+    assert_eq!(
+        online().await,
+        NODES,
+        "heartbeats did not keep every node online"
+    );
 
     // One command per node, all at once.
     let posts = enrolled.iter().map(|n| {
@@ -658,9 +588,9 @@ async fn two_hundred_nodes_with_heartbeats_and_commands() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    for (i, (handler, _)) in sims.iter().enumerate() {
+    for (i, s) in sims.iter().enumerate() {
         assert_eq!(
-            handler.received(),
+            s.handler.received(),
             vec![ids[i].clone()],
             "node {i} got other commands, or its own more than once"
         );

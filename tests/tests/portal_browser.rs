@@ -442,23 +442,9 @@ async fn portal_in_chromium_lists_logs_in_and_deletes() {
         read("node.crt"),
         read("node.key"),
     );
-    let stand_in = std::sync::Arc::new(control_plane_client::stand_in::StandIn::default());
-    let (state_tx, mut state) = tokio::sync::watch::channel(Default::default());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(control_plane_client::run(
-        cfg,
-        stand_in.clone(),
-        control_plane_client::Uplink::default(),
-        state_tx,
-        stop,
-    ));
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        state.wait_for(|s: &control_plane_client::LinkState| s.connected),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let mut stand_in = control_plane_client::stand_in::spawn(cfg, stop);
+    stand_in.connected(Duration::from_secs(30)).await.unwrap();
     c.goto(&format!("{base}/nodes")).await.unwrap();
     let row = css(&c, &format!("tr[data-node='{node_id}']")).await;
     let row_text = row.text().await.unwrap();
@@ -487,7 +473,11 @@ async fn portal_in_chromium_lists_logs_in_and_deletes() {
     assert!(shown.contains("Pulled busybox:1.36"), "{shown}");
     assert_eq!(text(&c, "#pull-state").await, "succeeded");
     screenshot(&c, "11-node-pull").await;
-    assert_eq!(stand_in.received().len(), 1, "one pull reached the node");
+    assert_eq!(
+        stand_in.handler.received().len(),
+        1,
+        "one pull reached the node"
+    );
     let _ = stop_tx.send(true);
 
     // Sign out: back to the sign-in page, and the pages need a new sign-in.

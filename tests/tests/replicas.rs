@@ -29,6 +29,26 @@ use test_support::{
 
 const NS: &str = "acme.io";
 
+/// `berth-server admin --json ARGS` on `server`'s data directory with the
+/// replicas' settings (the shared store); it must succeed.
+fn admin_on(server: &BerthServer, env: &[(String, String)], args: &[&str]) -> Value {
+    let out = std::process::Command::new(workspace_bin("berth-server"))
+        .arg("admin")
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .arg("--json")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Two replicas, the proxy, and a user of account `acme` (namespace
 /// `acme.io`) with a login credential.
 struct Replicas {
@@ -64,23 +84,7 @@ impl Replicas {
         let proxy = RoundRobinProxy::start(servers.iter().map(BerthServer::addr).collect())
             .expect("the proxy starts");
         // The operator CLI on the shared store, from either replica's host.
-        let admin = |args: &[&str]| -> Value {
-            let out = std::process::Command::new(workspace_bin("berth-server"))
-                .arg("admin")
-                .arg("--data-dir")
-                .arg(servers[1].data_dir())
-                .arg("--json")
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "admin {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice(&out.stdout).unwrap()
-        };
+        let admin = |args: &[&str]| admin_on(&servers[1], &env, args);
         admin(&["account", "create", "acme", "--namespace", NS]);
         admin(&[
             "user",
@@ -413,9 +417,8 @@ async fn a_replica_killed_mid_patch_the_upload_resumes_on_the_other() {
 /// the node moves to the other replica and it works the other way round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_reaches_a_node_connected_to_the_other_replica() {
-    use control_plane_client::stand_in::StandIn;
-    use control_plane_client::{ClientConfig, LinkState, Uplink};
-    use std::sync::Arc;
+    use control_plane_client::ClientConfig;
+    use control_plane_client::stand_in;
 
     let pg = test_support::Postgres::shared();
     let s3 = test_support::Garage::shared().create_bucket();
@@ -443,23 +446,7 @@ async fn a_command_reaches_a_node_connected_to_the_other_replica() {
         let addr = std::fs::read_to_string(files.path().join(format!("node-addr-{i}"))).unwrap();
         format!("https://{}", addr.trim())
     };
-    let admin = |args: &[&str]| -> Value {
-        let out = std::process::Command::new(workspace_bin("berth-server"))
-            .arg("admin")
-            .arg("--data-dir")
-            .arg(servers[0].data_dir())
-            .arg("--json")
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "admin {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let admin = |args: &[&str]| admin_on(&servers[0], &env, args);
     admin(&["account", "create", "acme", "--namespace", NS]);
     admin(&[
         "user",
@@ -489,25 +476,17 @@ async fn a_command_reaches_a_node_connected_to_the_other_replica() {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 
     for (holder, operator) in [(0usize, 1usize), (1, 0)] {
-        let stand_in = Arc::new(StandIn::default());
-        let (state_tx, mut state) = tokio::sync::watch::channel(LinkState::default());
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(control_plane_client::run(
+        let mut node = stand_in::spawn(
             ClientConfig::new(
                 node_url(holder),
                 read("ca.crt"),
                 read("node.crt"),
                 read("node.key"),
             ),
-            stand_in.clone(),
-            Uplink::default(),
-            state_tx,
             stop,
-        ));
-        tokio::time::timeout(Duration::from_secs(30), state.wait_for(|s| s.connected))
-            .await
-            .unwrap()
-            .unwrap();
+        );
+        node.connected(Duration::from_secs(30)).await.unwrap();
         let api = servers[operator].url();
         let listed: Value = http
             .get(format!("{api}/api/v1/nodes"))
@@ -556,8 +535,8 @@ async fn a_command_reaches_a_node_connected_to_the_other_replica() {
             "{done}"
         );
         assert_eq!(done["progress"]["blobs"][0]["state"], "done", "{done}");
-        assert_eq!(stand_in.received(), vec![id], "the node got it once");
+        assert_eq!(node.handler.received(), vec![id], "the node got it once");
         let _ = stop_tx.send(true);
-        task.await.unwrap();
+        node.task.await.unwrap();
     }
 }
