@@ -126,7 +126,9 @@ enum Command {
     },
     /// Print a container's output (stdout and stderr, interleaved).
     Logs { name: String },
-    /// Stop a container: SIGTERM, then SIGKILL after the timeout.
+    /// Stop a container: SIGTERM, then SIGKILL after the timeout. A
+    /// supervised service or recurring container is also held: not started
+    /// again until `start NAME`.
     Stop {
         name: String,
         /// Seconds between SIGTERM and SIGKILL (default: the container's
@@ -154,7 +156,8 @@ enum Command {
     /// Remove a definition: the daemon stops supervising it, and the
     /// container is stopped and removed.
     Undefine { name: String },
-    /// Ask the daemon to run an on-demand container once.
+    /// Ask the daemon to run an on-demand container once, or to take up
+    /// again a service or recurring container that `stop` held.
     Start { name: String },
 }
 
@@ -369,7 +372,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Daemon => daemon::run(cfg).await,
         Command::Define(args) => {
             let def = args.definition()?;
-            DefinitionStore::new(&cfg.data_dir).save(&def)?;
+            let store = DefinitionStore::new(&cfg.data_dir);
+            store.save(&def)?;
+            store.release(&def.name)?;
             println!(
                 "{} defined ({}); the daemon picks it up within a second",
                 def.name,
@@ -381,15 +386,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Start { name } => {
             let store = DefinitionStore::new(&cfg.data_dir);
             match store.load(&name)? {
-                Some(d) if d.exec_type == ExecType::OnDemand => {}
+                Some(d) if d.exec_type == ExecType::OnDemand => {
+                    store.request_start(&name)?;
+                    println!("start of {name} requested");
+                }
+                // A service or recurring container stopped by hand: its
+                // supervisor takes it up again.
+                Some(_) if store.release(&name)? => {
+                    println!("{name} released: its supervisor starts it again");
+                }
                 Some(d) => anyhow::bail!(
-                    "{name} is a {} container: only on-demand ones are started by hand",
+                    "{name} is a {} container and not stopped: its supervisor runs it",
                     d.exec_type.as_str()
                 ),
                 None => anyhow::bail!("no definition {name}"),
             }
-            store.request_start(&name)?;
-            println!("start of {name} requested");
             Ok(())
         }
     }
@@ -705,6 +716,7 @@ async fn stop(
     timeout: Option<u64>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let held = agent::supervisor::hold_if_defined(&cfg.data_dir, name)?;
     let stopped = Runtime::new(cfg)
         .await?
         .stop(name, timeout.map(std::time::Duration::from_secs))
@@ -721,6 +733,11 @@ async fn stop(
             }
             Some(s) => println!("{name} stopped (exit status {s})"),
             None => println!("{name} was not running"),
+        }
+        if held {
+            println!(
+                "{name} is held: its supervisor starts it again after `berth-agent start {name}`"
+            );
         }
     }
     Ok(())

@@ -421,6 +421,7 @@ impl Remote {
         let def = definition(&spec).map_err(|e| e.to_string())?;
         let store = DefinitionStore::new(&self.cfg.data_dir);
         store.save(&def).map_err(|e| e.to_string())?;
+        store.release(&def.name).map_err(|e| e.to_string())?;
         if def.exec_type == ExecType::OnDemand {
             store.request_start(&def.name).map_err(|e| e.to_string())?;
         }
@@ -437,6 +438,7 @@ impl Remote {
         name: &str,
         timeout: Option<u64>,
     ) -> Result<command_result::Output, String> {
+        crate::supervisor::hold_if_defined(&self.cfg.data_dir, name).map_err(|e| e.to_string())?;
         let stopped = Runtime::new(&self.cfg)
             .await
             .map_err(|e| e.to_string())?
@@ -706,6 +708,11 @@ impl Remote {
                 for def in &defs {
                     let same = matches!(store.load(&def.name), Ok(Some(ref old)) if old == def);
                     if !same && let Err(e) = store.save(def) {
+                        next.error = Some(format!("{}: {e}", def.name));
+                    }
+                    // A new desired state says these run: a `stop` from
+                    // before no longer holds them.
+                    if let Err(e) = store.release(&def.name) {
                         next.error = Some(format!("{}: {e}", def.name));
                     }
                 }

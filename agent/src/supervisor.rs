@@ -124,7 +124,7 @@ pub struct Metrics {
 
 /// Every state [`ContainerStatus::state`] takes, so a gauge drops to zero
 /// when the last container leaves a state.
-const STATES: [&str; 5] = ["running", "exited", "backoff", "idle", "unknown"];
+const STATES: [&str; 6] = ["running", "exited", "backoff", "idle", "held", "unknown"];
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
@@ -174,6 +174,20 @@ struct Worker {
     def: Definition,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
+}
+
+/// Before a `stop` of `name`: a supervised service or recurring container
+/// is held, so that its supervisor does not start it again (`true`).
+/// Containers run once, and on-demand ones, need nothing.
+pub fn hold_if_defined(data_dir: &Path, name: &str) -> Result<bool, SupervisorError> {
+    let store = DefinitionStore::new(data_dir);
+    match store.load(name)? {
+        Some(d) if d.exec_type != ExecType::OnDemand => {
+            store.hold(name)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Runs the supervisor until `shutdown` turns true. Containers are left
@@ -419,8 +433,13 @@ async fn worker(ctx: Arc<Ctx>, def: Definition, mut stop: watch::Receiver<bool>)
             }
         }
         let running = seen == Seen::Running;
+        // Stopped by hand (`stop`): no automatic start until released.
+        let held = def.exec_type != ExecType::OnDemand && ctx.store.is_held(&name);
+        if held && !running {
+            ctx.update(&name, |s| s.state = "held".into());
+        }
         let start = match def.exec_type {
-            ExecType::Service => !running && now >= next_start,
+            ExecType::Service => !running && !held && now >= next_start,
             ExecType::Recurring => {
                 let tick = recurring
                     .as_mut()
@@ -438,7 +457,7 @@ async fn worker(ctx: Arc<Ctx>, def: Definition, mut stop: watch::Receiver<bool>)
                     .and_then(Recurring::next)
                     .map(|t| t.to_rfc3339());
                 ctx.update(&name, |s| s.next_run = next);
-                tick == Tick::Start
+                tick == Tick::Start && !held
             }
             ExecType::OnDemand => match ctx.store.take_start(&name) {
                 Ok(true) if running => {

@@ -270,6 +270,32 @@ fn operator_drives_a_node_through_the_control_plane() {
         "the desired service stopped with the agent: {ps}"
     );
 
+    // A remote stop holds the supervised service: its supervisor does not
+    // start it again, and the report shows the drift; the desired state
+    // applied again takes it up.
+    nodes(&srv, &["stop", &node.id, &svc, "--timeout", "1"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let ps = nodes(&srv, &["ps", &node.id]);
+    let held = containers(&ps["result"]["output"])
+        .into_iter()
+        .find(|c| c["name"] == svc.as_str())
+        .unwrap();
+    assert_ne!(
+        held["state"], "running",
+        "the supervisor restarted a stopped service: {ps}"
+    );
+    nodes(
+        &srv,
+        &["desired", &node.id, "--file", spec.to_str().unwrap()],
+    );
+    wait_until("the service running again", 60, || {
+        let ps = nodes(&srv, &["ps", &node.id]);
+        containers(&ps["result"]["output"])
+            .iter()
+            .find(|c| c["name"] == svc.as_str() && c["state"] == "running")
+            .cloned()
+    });
+
     // An empty desired state removes what the previous one ran.
     std::fs::write(&spec, "[]").unwrap();
     nodes(

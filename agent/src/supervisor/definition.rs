@@ -223,6 +223,7 @@ pub struct DefinitionStore {
 
 const DEF_EXT: &str = "json";
 const START_EXT: &str = "start";
+const HOLD_EXT: &str = "hold";
 
 impl DefinitionStore {
     /// `<data_dir>/containers.d`.
@@ -257,10 +258,11 @@ impl DefinitionStore {
     pub fn remove(&self, name: &str) -> Result<bool> {
         validate_name(name)?;
         let start = remove_file(&self.path(name, START_EXT))?;
+        let held = remove_file(&self.path(name, HOLD_EXT))?;
         let removed = remove_file(&self.path(name, DEF_EXT))?;
         // Nothing removed, nothing to sync (the directory may not exist:
         // nothing was ever defined on this box).
-        if start || removed {
+        if start || held || removed {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
@@ -301,6 +303,29 @@ impl DefinitionStore {
     pub fn request_start(&self, name: &str) -> Result<()> {
         validate_name(name)?;
         write_atomic(&self.path(name, START_EXT), b"")
+    }
+
+    /// Holds `name`: the supervisor starts it no more (a service is not
+    /// restarted, recurring ticks are skipped) until [`Self::release`],
+    /// which a new `run`/`define`, a start request or a desired state
+    /// naming it does. What `stop` of a supervised container means.
+    pub fn hold(&self, name: &str) -> Result<()> {
+        validate_name(name)?;
+        write_atomic(&self.path(name, HOLD_EXT), b"")
+    }
+
+    /// Ends a hold; `true` when there was one.
+    pub fn release(&self, name: &str) -> Result<bool> {
+        validate_name(name)?;
+        let released = remove_file(&self.path(name, HOLD_EXT))?;
+        if released {
+            sync_dir(&self.dir)?;
+        }
+        Ok(released)
+    }
+
+    pub fn is_held(&self, name: &str) -> bool {
+        validate_name(name).is_ok() && self.path(name, HOLD_EXT).exists()
     }
 
     /// Takes a pending start request of `name`: `true` once per request.
