@@ -351,6 +351,52 @@ fn push_with_skopeo(
         .unwrap();
 }
 
+/// An enrolled node's `berth-agent daemon` reaching the node endpoint
+/// through a [`test_support::TcpForwarder`], once the node shows online.
+struct Behind {
+    node: common_auth::Enrolled,
+    forward: test_support::TcpForwarder,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    daemon: Daemon,
+}
+
+fn agent_behind_forwarder(
+    srv: &AuthServer,
+    ctrd: &Containerd,
+    name: &str,
+    bandwidth_limit_bytes_per_sec: Option<u64>,
+) -> Behind {
+    let forward = test_support::TcpForwarder::start(srv.node_addr).unwrap();
+    let node = srv.enroll(name, ACME, None);
+    let config = agent_config_with(
+        srv,
+        &node,
+        ctrd,
+        srv.files(),
+        &AgentOptions {
+            log_json: true,
+            bandwidth_limit_bytes_per_sec,
+            node_url: Some(format!("https://{}", forward.addr())),
+            control_backoff_max_secs: Some(2),
+            ..Default::default()
+        },
+    );
+    let log = srv.files().join("daemon.log");
+    let daemon = Daemon::start(&config, &log);
+    wait_until("the node online", 30, || {
+        let e = node_entry(srv, &node.id);
+        (e["online"] == true).then_some(e)
+    });
+    Behind {
+        node,
+        forward,
+        config,
+        log,
+        daemon,
+    }
+}
+
 /// The connection is cut while the node runs a (bandwidth-limited) pull:
 /// the agent reconnects, the server sends the unfinished command again, the
 /// agent recognises it from its journal and does not start it twice, and
@@ -372,28 +418,14 @@ fn a_command_survives_a_cut_connection_and_runs_once() {
         )
         .build();
     push_with_skopeo(&srv, &t.acme_dev, &format!("{ACME_NS}/big"), &image);
-    let forward = test_support::TcpForwarder::start(srv.node_addr).unwrap();
-    let node = srv.enroll("edge-cut", ACME, None);
-    let config = agent_config_with(
-        &srv,
-        &node,
-        &ctrd,
-        srv.files(),
-        &AgentOptions {
-            log_json: true,
-            // About 6 s for the big layer: time to cut the connection.
-            bandwidth_limit_bytes_per_sec: Some(1 << 20),
-            node_url: Some(format!("https://{}", forward.addr())),
-            control_backoff_max_secs: Some(2),
-            ..Default::default()
-        },
-    );
-    let log = srv.files().join("daemon.log");
-    let _daemon = Daemon::start(&config, &log);
-    wait_until("the node online", 30, || {
-        let e = node_entry(&srv, &node.id);
-        (e["online"] == true).then_some(e)
-    });
+    // About 6 s for the big layer at 1 MiB/s: time to cut the connection.
+    let Behind {
+        node,
+        forward,
+        log,
+        daemon: _daemon,
+        ..
+    } = agent_behind_forwarder(&srv, &ctrd, "edge-cut", Some(1 << 20));
     let queued = nodes(&srv, &["pull", &node.id, "big:v1", "--no-wait"]);
     let id = queued["id"].as_str().unwrap().to_owned();
     wait_until("the pull running on the node", 30, || {
@@ -437,26 +469,13 @@ fn a_killed_server_leaves_containers_running_and_the_agent_reports_back() {
         .layer(busybox_layer(&["sh", "sleep"]).build())
         .build();
     push_with_skopeo(&srv, &t.acme_dev, &format!("{ACME_NS}/box"), &image);
-    let forward = test_support::TcpForwarder::start(srv.node_addr).unwrap();
-    let node = srv.enroll("edge-restart", ACME, None);
-    let config = agent_config_with(
-        &srv,
-        &node,
-        &ctrd,
-        srv.files(),
-        &AgentOptions {
-            log_json: true,
-            node_url: Some(format!("https://{}", forward.addr())),
-            control_backoff_max_secs: Some(2),
-            ..Default::default()
-        },
-    );
-    let log = srv.files().join("daemon.log");
-    let _daemon = Daemon::start(&config, &log);
-    wait_until("the node online", 30, || {
-        let e = node_entry(&srv, &node.id);
-        (e["online"] == true).then_some(e)
-    });
+    let Behind {
+        node,
+        forward,
+        config,
+        daemon: _daemon,
+        ..
+    } = agent_behind_forwarder(&srv, &ctrd, "edge-restart", None);
     let name = format!("keep-{}", std::process::id());
     nodes(
         &srv,
