@@ -97,7 +97,8 @@ pub struct NodesSection {
     pub command_ttl_secs: u64,
     /// How often a connection looks for commands accepted by another
     /// replica, milliseconds (commands accepted by the same replica go out
-    /// at once). Default 1000.
+    /// at once). Default 1000. With the embedded store (one process) it is
+    /// at least 30 s: every command wakes its connection directly.
     pub poll_ms: u64,
     /// A node not heard from for this long is shown offline, seconds.
     /// Default 45 (three heartbeats).

@@ -141,10 +141,17 @@ impl App {
                 let store = ::control::open_store(&cfg.data_dir, engine.postgres())
                     .await
                     .map_err(ServeError::Control)?;
-                Some(::control::ControlPlane::new(
-                    store,
-                    cfg.control_config(replica_name(cfg)),
-                ))
+                let mut control_cfg = cfg.control_config(replica_name(cfg));
+                // One process owns an embedded store: every command and
+                // desired state is accepted here and wakes its session at
+                // once, so polling would only repeat queries (two per node
+                // per poll). A slow poll stays as a safety net.
+                if engine.postgres().is_none() {
+                    control_cfg.poll_interval = control_cfg
+                        .poll_interval
+                        .max(std::time::Duration::from_secs(30));
+                }
+                Some(::control::ControlPlane::new(store, control_cfg))
             }
             None => None,
         };
