@@ -271,8 +271,8 @@ impl Containerd {
         }
     }
 
-    /// How far a previous writer got with `ingest_ref` (0 when none).
-    pub async fn ingest_offset(&self, ingest_ref: &str) -> Result<i64> {
+    /// Whether an ingest `ingest_ref` exists (a read: no metadata lock).
+    pub async fn ingest_exists(&self, ingest_ref: &str) -> Result<bool> {
         match ContentClient::new(self.channel.clone())
             .status(self.request(
                 StatusRequest {
@@ -282,8 +282,8 @@ impl Containerd {
             ))
             .await
         {
-            Ok(r) => Ok(r.into_inner().status.map_or(0, |s| s.offset)),
-            Err(s) if s.code() == Code::NotFound => Ok(0),
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == Code::NotFound => Ok(false),
             Err(s) => Err(ContainerdError::call("content status")(s)),
         }
     }

@@ -18,6 +18,7 @@
 //! [`containerd`] and the container calls of [`runtime::calls`] (methods of
 //! the same client); it shares no code with the server crates.
 
+pub mod commit_gate;
 pub mod config;
 pub mod containerd;
 pub mod filelock;

@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::commit_gate::CommitGate;
 use crate::config::AgentConfig;
 use crate::containerd::{Containerd, ContainerdError};
 use crate::identity::{AuthError, NodeAuth};
@@ -205,6 +206,7 @@ impl Drop for SpoolEnd {
     fn drop(&mut self) {
         if let Some(s) = &self.0 {
             s.finish(Err("the layer's download did not complete".into()));
+            s.stored(Err("the layer's blob was not committed".into()));
         }
     }
 }
@@ -215,6 +217,16 @@ enum LayerEvent {
     Started(usize, Arc<Spool>),
     /// Layer `i` is in the content store (the bytes downloaded) or failed.
     Done(usize, Result<u64, PullError>),
+}
+
+/// A layer ready to download (see `Puller::open_blob`); its locks are
+/// held until it is dropped.
+struct Opened {
+    writer: crate::containerd::ContentWriter,
+    ingest: String,
+    spool: SpoolEnd,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+    _node_held: crate::filelock::FileLock,
 }
 
 /// One blob of the image, with the labels it gets in containerd.
@@ -598,6 +610,16 @@ impl Puller {
         }
         let chain = chain_ids(&diff_ids);
         let snapshotter = self.containerd.snapshotter().to_owned();
+        // Every layer's snapshot goes into the lease now, not between two
+        // unpacks: each lease update is a write to containerd's metadata,
+        // which waits behind any blob commit in progress, and the unpacks
+        // are the chain the pull's time hangs on.
+        let snapshot_kind = format!("snapshots/{snapshotter}");
+        for chain_id in &chain {
+            self.containerd
+                .lease_resource(lease, chain_id, &snapshot_kind)
+                .await?;
+        }
 
         // Layers, in parallel and bounded.
         let jobs: Vec<Job> = layers
@@ -620,15 +642,50 @@ impl Puller {
         // download, reading the bytes as they arrive through its spool;
         // with Diff.Apply it starts once the layer is in the content store.
         let (event_tx, mut events) = futures::channel::mpsc::unbounded::<LayerEvent>();
+        // The bound is on transfers, and everything that touches
+        // containerd's metadata happens outside it. Each content commit
+        // fsyncs its whole blob while holding containerd's metadata lock, so
+        // any metadata write (opening an ingest, a lease update) can wait
+        // behind one for a tenth of a second or more. So a download gives
+        // its slot up once its bytes are in and verified, before that
+        // commit; and the next layer is opened (locks, lease, ingest) while
+        // it still waits for a slot, so a freed slot starts moving bytes at
+        // once. Layers are opened one after the other, in manifest order,
+        // and take slots in that order: the lowest layers, which the
+        // unpacker needs first, arrive first.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.parallel.max(1)));
+        // When the blobs' commits reach containerd (see `commit_gate.rs`).
+        let gate = &CommitGate::default();
         let downloads = async move {
             futures::stream::iter(jobs.iter().enumerate())
-                .for_each_concurrent(self.parallel, |(i, job)| {
+                .then(|(i, job)| {
+                    let slots = Arc::clone(&slots);
                     let events = event_tx.clone();
                     async move {
                         let started = |spool: Arc<Spool>| {
                             let _ = events.unbounded_send(LayerEvent::Started(i, spool));
                         };
-                        let r = self.fetch_blob(image, lease, job, progress, &started).await;
+                        let opened = self.open_blob(lease, job, progress, &started).await;
+                        // Only a transfer takes a slot (the semaphore is
+                        // never closed).
+                        let slot = match &opened {
+                            Ok(Some(_)) => slots.acquire_owned().await.ok(),
+                            _ => None,
+                        };
+                        (i, job, opened, slot)
+                    }
+                })
+                .for_each_concurrent(None, |(i, job, opened, slot)| {
+                    let events = event_tx.clone();
+                    async move {
+                        let r = match opened {
+                            Ok(Some(o)) => {
+                                self.transfer_blob(image, job, o, slot, (i, gate), progress)
+                                    .await
+                            }
+                            Ok(None) => Ok(0),
+                            Err(e) => Err(e),
+                        };
                         // The receiver outlives every download (it drains
                         // until all senders are gone).
                         let _ = events.unbounded_send(LayerEvent::Done(i, r));
@@ -662,6 +719,7 @@ impl Puller {
                     && next < n
                     && (done[next] || spools[next].is_some())
                 {
+                    gate.close();
                     // A spooled layer is unpacked from its spool, while it
                     // downloads or after; one without (in the content
                     // store already, or not for the agent) by Diff.Apply.
@@ -669,7 +727,7 @@ impl Puller {
                     let watched = spool.clone();
                     if let Err(e) = self
                         .unpack_layer(
-                            lease, next, layers, &diff_ids, &chain, &parent, spool, progress,
+                            lease, next, layers, &diff_ids, &chain, &parent, spool, gate, progress,
                         )
                         .await
                     {
@@ -694,6 +752,8 @@ impl Puller {
                     parent.clone_from(&chain[next]);
                     next += 1;
                 }
+                // Waiting for a download, or done.
+                gate.open();
             }
             match failed.or(unpack_failed) {
                 Some(e) => Err(e),
@@ -938,33 +998,35 @@ impl Puller {
     }
 
     /// Downloads one layer into containerd; the bytes downloaded.
-    async fn fetch_blob(
+    /// Makes a layer's download ready, outside any transfer slot: this
+    /// process's and the node's lock of its digest, the lease, containerd's
+    /// ingest and the unpacker's spool. None when containerd already holds
+    /// the blob (taken into the lease and labelled).
+    async fn open_blob(
         &self,
-        image: &ImageRef,
         lease: &str,
         job: &Job,
         progress: &ProgressFn,
         started: &(dyn Fn(Arc<Spool>) + Sync),
-    ) -> Result<u64, PullError> {
+    ) -> Result<Option<Opened>, PullError> {
         let blob = &job.blob;
-        let lock = self.locks.get(&blob.digest);
-        let _held = lock.lock().await;
+        let held = self.locks.get(&blob.digest).lock_owned().await;
         // Another agent process (the daemon, a CLI pull) may be
         // downloading it: wait, then find it in containerd.
-        let _node_held = self.node_lock(&blob.digest).await?;
-        progress(Progress::BlobStarted {
-            digest: blob.digest.clone(),
-            size: blob.size,
-        });
+        let node_held = self.node_lock(&blob.digest).await?;
         if self
             .adopt_existing(lease, &blob.digest, job.labels.clone())
             .await?
         {
+            progress(Progress::BlobStarted {
+                digest: blob.digest.clone(),
+                size: blob.size,
+            });
             progress(Progress::BlobDone {
                 digest: blob.digest.clone(),
                 existed: true,
             });
-            return Ok(0);
+            return Ok(None);
         }
         if !blob.digest.starts_with("sha256:") {
             return Err(PullError::Unsupported(format!(
@@ -974,24 +1036,60 @@ impl Puller {
         }
         // An ingest left by an earlier process cannot be resumed with a
         // verified hash (its prefix was never hashed here): start over.
+        // Looked for first, because the abort is a metadata write.
         let ingest = format!("berth-{}", blob.digest);
-        self.containerd.abort_write(&ingest).await?;
+        if self.containerd.ingest_exists(&ingest).await? {
+            self.containerd.abort_write(&ingest).await?;
+        }
         let mut writer = self
             .containerd
             .writer(lease, &ingest, &blob.digest, blob.size)
             .await?;
-        let mut hasher = Sha256::new();
         if writer.offset() != 0 {
             tracing::debug!(%ingest, kept = writer.offset(), "ingest not emptied by the abort; truncating");
             writer.start_over();
         }
         // The agent's unpacker reads the layer from here as it arrives.
-        // Ended with an error by the guard whatever way this returns,
-        // unless it ends well below.
+        // Ended with an error by the guard whatever way the download ends,
+        // unless it ends well.
         let spool = SpoolEnd(self.spool_for(blob));
         if let Some(sp) = &spool.0 {
             started(Arc::clone(sp));
         }
+        Ok(Some(Opened {
+            writer,
+            ingest,
+            spool,
+            _held: held,
+            _node_held: node_held,
+        }))
+    }
+
+    /// Downloads an opened layer into containerd (and its spool), verifies
+    /// its digest, gives `slot` back and commits it.
+    async fn transfer_blob(
+        &self,
+        image: &ImageRef,
+        job: &Job,
+        opened: Opened,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        (layer, gate): (usize, &CommitGate),
+        progress: &ProgressFn,
+    ) -> Result<u64, PullError> {
+        let blob = &job.blob;
+        // The locks are held to the end of this function.
+        let Opened {
+            mut writer,
+            ingest,
+            spool,
+            _held,
+            _node_held,
+        } = opened;
+        progress(Progress::BlobStarted {
+            digest: blob.digest.clone(),
+            size: blob.size,
+        });
+        let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut attempt = 0u32;
         while written < blob.size {
@@ -1114,10 +1212,16 @@ impl Puller {
         if let Some(sp) = &spool.0 {
             sp.finish(Ok(()));
         }
+        drop(slot);
+        let pass = gate.pass(layer).await;
         match writer.commit(job.labels.clone()).await {
             Ok(()) => {}
             Err(e) if e.code() == Some(Code::AlreadyExists) => {}
             Err(e) => return Err(e.into()),
+        }
+        drop(pass);
+        if let Some(sp) = &spool.0 {
+            sp.stored(Ok(()));
         }
         progress(Progress::BlobDone {
             digest: blob.digest.clone(),
@@ -1138,9 +1242,9 @@ impl Puller {
         chain: &[String],
         parent: &str,
         spool: Option<Arc<Spool>>,
+        gate: &CommitGate,
         progress: &ProgressFn,
     ) -> Result<(), PullError> {
-        let snapshot_kind = format!("snapshots/{}", self.containerd.snapshotter());
         let layer = &layers[i];
         progress(Progress::Unpacking {
             layer: i + 1,
@@ -1150,11 +1254,9 @@ impl Puller {
         let lock = self.locks.get(&format!("snapshot:{chain_id}"));
         let _held = lock.lock().await;
         let _node_held = self.node_lock(&format!("snapshot:{chain_id}")).await?;
-        // Leased before the check, as in `adopt_existing`: a snapshot
-        // seen unleased could be collected before the lease took it.
-        self.containerd
-            .lease_resource(lease, chain_id, &snapshot_kind)
-            .await?;
+        // Leased (by `import`, before any download) before the check, as
+        // in `adopt_existing`: a snapshot seen unleased could be collected
+        // before the lease took it.
         if self.containerd.snapshot_exists(chain_id).await? {
             return Ok(());
         }
@@ -1173,6 +1275,7 @@ impl Puller {
         let compression = Compression::of_media_type(&layer.media_type);
         let applied = match (spool, target, compression) {
             (Some(spool), Some(target), Some(compression)) => {
+                gate.applying(i);
                 let reader = spool.reader();
                 let r = tokio::task::spawn_blocking(move || {
                     crate::unpack::apply(&target, compression, reader)
@@ -1196,10 +1299,11 @@ impl Puller {
                 }
             }
             (spool, _, _) => {
-                // Diff.Apply reads the blob from the content store: its
-                // download must be over.
+                // Diff.Apply reads the blob from the content store: it
+                // must be committed there, and its commit may go now.
+                gate.open();
                 if let Some(spool) = spool {
-                    let end = tokio::task::spawn_blocking(move || spool.wait_end()).await;
+                    let end = tokio::task::spawn_blocking(move || spool.wait_stored()).await;
                     if !matches!(end, Ok(Ok(()))) {
                         let _ = self.containerd.remove_snapshot(&key).await;
                         return Err(PullError::Other(format!(
@@ -1217,6 +1321,7 @@ impl Puller {
                 }
             }
         };
+        gate.close();
         if applied != diff_ids[i] {
             let _ = self.containerd.remove_snapshot(&key).await;
             return Err(PullError::DiffId {

@@ -282,7 +282,7 @@ impl Registry {
         }
     }
 
-    /// The blob from `offset` on (a Range request when `offset > 0`).
+    /// The blob from `offset` on.
     pub async fn blob(
         &self,
         image: &ImageRef,
@@ -297,29 +297,26 @@ impl Registry {
             size: i64::try_from(blob.size).unwrap_or(i64::MAX),
             ..oci_client::manifest::OciDescriptor::default()
         };
-        let result = if offset == 0 {
-            self.oci
-                .pull_blob_stream(&r, &desc)
-                .await
-                .map(|s| BlobBody {
+        // Always as a range request, from byte 0 too: oci-client hashes a
+        // full (200) body as it streams, and the puller hashes every byte
+        // itself anyway (it has to, to resume a blob with Range), so that
+        // second SHA-256 over every layer would be CPU spent for nothing.
+        // A registry that ignores the range answers 200 and is verified
+        // twice, which is only slower.
+        let result = self
+            .oci
+            .pull_blob_stream_partial(&r, &desc, offset, None)
+            .await
+            .map(|b| match b {
+                oci_client::client::BlobResponse::Full(s) => BlobBody {
                     from_start: true,
                     stream: s.stream,
-                })
-        } else {
-            self.oci
-                .pull_blob_stream_partial(&r, &desc, offset, None)
-                .await
-                .map(|b| match b {
-                    oci_client::client::BlobResponse::Full(s) => BlobBody {
-                        from_start: true,
-                        stream: s.stream,
-                    },
-                    oci_client::client::BlobResponse::Partial(s) => BlobBody {
-                        from_start: false,
-                        stream: s.stream,
-                    },
-                })
-        };
+                },
+                oci_client::client::BlobResponse::Partial(s) => BlobBody {
+                    from_start: false,
+                    stream: s.stream,
+                },
+            });
         match result {
             Ok(b) => Ok(b),
             Err(e) => Err(self.on_error(&r, &token, e).await),

@@ -26,6 +26,9 @@ struct State {
     /// Set once: Ok once the blob's digest verified, Err when the
     /// download failed.
     end: Option<Result<(), String>>,
+    /// Set once: Ok once containerd committed the blob, Err when it did
+    /// not (or the download failed).
+    stored: Option<Result<(), String>>,
 }
 
 impl Spool {
@@ -57,6 +60,33 @@ impl Spool {
         }
         drop(s);
         self.changed.notify_all();
+    }
+
+    /// Records whether containerd committed the blob. Only the first call
+    /// counts.
+    pub fn stored(&self, stored: Result<(), String>) {
+        let mut s = self.lock();
+        if s.stored.is_none() {
+            s.stored = Some(stored);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// Waits (blocking) until containerd committed the blob, or did not:
+    /// what reads the blob back from containerd needs this, not just the
+    /// end of the stream.
+    pub fn wait_stored(&self) -> Result<(), String> {
+        let mut s = self.lock();
+        loop {
+            if let Some(stored) = &s.stored {
+                return stored.clone();
+            }
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     /// Waits (blocking) for the end of the stream.
@@ -168,5 +198,24 @@ mod tests {
         let err = reader.read(&mut buf).unwrap_err();
         assert!(err.to_string().contains("digest mismatch"));
         assert_eq!(spool.wait_end(), Err("digest mismatch".into()));
+    }
+
+    #[test]
+    fn stored_is_its_own_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(dir.path()).unwrap();
+        spool.finish(Ok(()));
+        let waiter = {
+            let spool = Arc::clone(&spool);
+            std::thread::spawn(move || spool.wait_stored())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "the end of the stream is not the commit"
+        );
+        spool.stored(Err("commit failed".into()));
+        spool.stored(Ok(()));
+        assert_eq!(waiter.join().unwrap(), Err("commit failed".into()));
     }
 }
