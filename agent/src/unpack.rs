@@ -179,10 +179,12 @@ pub fn apply(
     input: impl Read,
 ) -> Result<String, UnpackError> {
     // Large reads: the input is a file being written (page cache) and the
-    // decoder's output feeds whole file bodies.
+    // decoder's output feeds whole file bodies. The `bufread` decoder
+    // inflates straight from this buffer (the `read` one would copy it into
+    // a second, 32 KiB buffer of its own first).
     let input = BufReader::with_capacity(256 << 10, input);
     let decoded: Box<dyn Read> = match compression {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
         Compression::None => Box::new(input),
     };
     let mut hashed = Hashing {
