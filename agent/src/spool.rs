@@ -54,47 +54,41 @@ impl Spool {
     /// Ends the stream: the reader sees the end of the data (Ok) or the
     /// error. Only the first call counts.
     pub fn finish(&self, end: Result<(), String>) {
-        let mut s = self.lock();
-        if s.end.is_none() {
-            s.end = Some(end);
-        }
-        drop(s);
-        self.changed.notify_all();
+        self.set_once(|s| &mut s.end, end);
     }
 
     /// Records whether containerd committed the blob. Only the first call
     /// counts.
     pub fn stored(&self, stored: Result<(), String>) {
-        let mut s = self.lock();
-        if s.stored.is_none() {
-            s.stored = Some(stored);
-        }
-        drop(s);
-        self.changed.notify_all();
+        self.set_once(|s| &mut s.stored, stored);
     }
 
     /// Waits (blocking) until containerd committed the blob, or did not:
     /// what reads the blob back from containerd needs this, not just the
     /// end of the stream.
     pub fn wait_stored(&self) -> Result<(), String> {
-        let mut s = self.lock();
-        loop {
-            if let Some(stored) = &s.stored {
-                return stored.clone();
-            }
-            s = self
-                .changed
-                .wait(s)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+        self.wait_for(|s| s.stored.clone())
     }
 
     /// Waits (blocking) for the end of the stream.
     pub fn wait_end(&self) -> Result<(), String> {
+        self.wait_for(|s| s.end.clone())
+    }
+
+    fn set_once(
+        &self,
+        field: impl FnOnce(&mut State) -> &mut Option<Result<(), String>>,
+        value: Result<(), String>,
+    ) {
+        field(&mut self.lock()).get_or_insert(value);
+        self.changed.notify_all();
+    }
+
+    fn wait_for<T>(&self, ready: impl Fn(&State) -> Option<T>) -> T {
         let mut s = self.lock();
         loop {
-            if let Some(end) = &s.end {
-                return end.clone();
+            if let Some(v) = ready(&s) {
+                return v;
             }
             s = self
                 .changed
