@@ -997,7 +997,6 @@ impl Puller {
         }
     }
 
-    /// Downloads one layer into containerd; the bytes downloaded.
     /// Makes a layer's download ready, outside any transfer slot: this
     /// process's and the node's lock of its digest, the lease, containerd's
     /// ingest and the unpacker's spool. None when containerd already holds
